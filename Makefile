@@ -1,0 +1,41 @@
+# Two commands a reader needs, on a fresh machine:
+#   make book   create .venv from requirements.txt, build the book, print where it is
+#   make test   unit tests, every notebook through nbval, the book build
+# Everything else here is a step of those two.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tools/nbval_sanitize.cfg --nbval-cell-timeout=600
+
+.PHONY: venv book test test-unit test-notebooks test-book bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=23.2"
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+book: $(STAMP)
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	@echo "The book: file://$(CURDIR)/_build/html/index.html"
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests
+
+test-notebooks: $(STAMP)
+	$(PY) -m pytest $(NBVAL) notebooks
+
+test-book: book
+
+test: test-unit test-notebooks test-book
+
+bench: $(STAMP)
+	$(PY) -m esa_tutorial.bench
+
+clean:
+	rm -rf _build

@@ -1,0 +1,96 @@
+"""Attention whose queries are the pixels of a feature map.
+
+:class:`PixelAttention` holds what ESA, full self-attention (MHSA) and the
+lesion-aware cross-attention (LCA) share: a bias-free 1x1 convolution to
+queries, keys and values (``to_qkv``), scaled dot-product attention per head,
+and an output projection (``to_out``). They differ only in which tokens the
+keys and values come from, the :meth:`PixelAttention.tokens` hook.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from .validation import check_dropout, check_feature_map, check_positive_int, check_same_dtype
+
+
+class PixelAttention(nn.Module):
+    """Multi-head attention from every pixel of (B, C, H, W) to a set of tokens.
+
+    Args:
+        dim: channels C of the input and of the output.
+        heads: number of attention heads.
+        dim_head: channels per head; ``inner_dim = heads * dim_head``.
+        dropout: dropout after the output projection (training only).
+
+    The parameter names (``to_qkv.weight``, ``to_out.0.weight``,
+    ``to_out.0.bias``) match LDNet's code, so its checkpoints load with
+    ``strict=True``. As there, the output projection is dropped when a single
+    head already has ``dim`` channels.
+    """
+
+    def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dim = check_positive_int("dim", dim)
+        self.heads = check_positive_int("heads", heads)
+        self.dim_head = check_positive_int("dim_head", dim_head)
+        self.dropout = check_dropout(dropout)
+        self.inner_dim = heads * dim_head
+        self.scale = dim_head**-0.5
+        self.to_qkv = nn.Conv2d(dim, 3 * self.inner_dim, kernel_size=1, bias=False)
+        self.project_out = not (heads == 1 and dim_head == dim)
+        self.to_out: nn.Module = (
+            nn.Sequential(nn.Linear(self.inner_dim, dim), nn.Dropout(dropout))
+            if self.project_out
+            else nn.Identity()
+        )
+
+    def tokens(self, t: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
+        """Turn projected keys or values (B, inner_dim, H, W) into tokens (B, inner_dim, n_kv)."""
+        raise NotImplementedError
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a clear error unless ``x`` is (B, dim, H, W) in the module's dtype and device."""
+        who = type(self).__name__
+        check_feature_map(x, self.dim, who)
+        check_same_dtype(x, self.to_qkv.weight, who)
+
+    def attention(self, x: torch.Tensor, *context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention weights and values of the literal form.
+
+        Returns ``attn`` (B, heads, H*W, n_kv), rows summing to one, and
+        ``v`` (B, heads, n_kv, dim_head).
+        """
+        q, k, v = self.to_qkv(x).chunk(3, dim=1)  # each (B, inner_dim, H, W)
+        q = rearrange(q, "b (h d) x y -> b h (x y) d", h=self.heads)
+        k, v = (
+            rearrange(self.tokens(t, *context), "b (h d) n -> b h n d", h=self.heads) for t in (k, v)
+        )
+        attn = torch.softmax(q @ k.transpose(-1, -2) * self.scale, dim=-1)
+        return attn, v
+
+    def forward_reference(self, x: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
+        """The literal form, as the paper's code computes it: (B, C, H, W) -> (B, H*W, C)."""
+        self.check_input(x)
+        attn, v = self.attention(x, *context)
+        return self.to_out(rearrange(attn @ v, "b h n d -> b n (h d)"))
+
+    def forward(self, x: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, H*W, C)."""
+        return self.forward_reference(x, *context)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, heads={self.heads}, dim_head={self.dim_head}"
+
+
+class MHSA(PixelAttention):
+    """Full multi-head self-attention over all H*W pixels: the O(N^2) baseline.
+
+    Same parameters as :class:`~esa_tutorial.ESA`; (B, C, H, W) -> (B, H*W, C).
+    Its attention matrix has (H*W)^2 entries per head.
+    """
+
+    def tokens(self, t: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
+        return t.flatten(2)

@@ -1,0 +1,139 @@
+"""The blocks around the attention layers in LDNet: ESA block, mask pooling, LCA.
+
+Submodule names follow LDNet's code (``ESAlayer``, ``LCAlayer``,
+``ff.norm``, ``ff.fn.net``) so that its block checkpoints load with
+``strict=True``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from .attention import PixelAttention
+from .esa import ESA
+from .validation import check_dropout, check_feature_map, check_positive_int
+
+MASK_EPS = 5e-4  # LDNet's epsilon: keeps an all-background mask from dividing by zero
+
+
+class PreNorm(nn.Module):
+    """LayerNorm, then ``fn``: (B, N, C) -> fn's output."""
+
+    def __init__(self, dim: int, fn: nn.Module) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.norm(x))
+
+
+class FeedForward(nn.Module):
+    """Linear(dim, hidden) -> GELU -> Dropout -> Linear(hidden, dim) -> Dropout, per token."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, dim),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def mask_average_pool(x: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """Average ``x`` over the lesion, weighting each pixel by ``sigmoid(mask_logits)``.
+
+    Args:
+        x: (B, C, H, W) features.
+        mask_logits: (B, 1, H, W) logits of the previous prediction.
+
+    Returns:
+        (B, C, 1): ``sum(x * m) / (sum(m) + 5e-4)`` per channel, ``m = sigmoid(mask_logits)``.
+    """
+    check_feature_map(x, None, "mask_average_pool")
+    b, _, h, w = x.shape
+    if not isinstance(mask_logits, torch.Tensor) or tuple(mask_logits.shape) != (b, 1, h, w):
+        got = tuple(mask_logits.shape) if isinstance(mask_logits, torch.Tensor) else type(mask_logits).__name__
+        raise ValueError(f"mask_average_pool expects mask logits of shape {(b, 1, h, w)}, got {got}")
+    m = torch.sigmoid(mask_logits)
+    area = m.sum(dim=(-2, -1)) + MASK_EPS  # (B, 1)
+    return ((x * m).sum(dim=(-2, -1)) / area).unsqueeze(-1)
+
+
+class LCA(PixelAttention):
+    """Lesion-aware cross-attention: pixels attend to the mask-pooled lesion token.
+
+    (B, C, H, W) features and (B, 1, H, W) mask logits -> (B, H*W, C).
+    Keys and values are one token each, so the softmax over them is exactly 1:
+    chapter 4 shows what that means for the queries.
+    """
+
+    def tokens(self, t: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
+        (mask_logits,) = context
+        return mask_average_pool(t, mask_logits)
+
+    def forward(self, x: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """(B, C, H, W), (B, 1, H, W) -> (B, H*W, C)."""
+        return self.forward_reference(x, mask_logits)
+
+
+class _TokenBlock(nn.Module):
+    """Attention with a residual, then a pre-norm feed-forward with a residual.
+
+    (B, C, H, W) -> (B, C, H, W); subclasses name the attention layer.
+    """
+
+    def __init__(self, dim: int, mlp_dim: int, dropout: float) -> None:
+        super().__init__()
+        check_positive_int("mlp_dim", mlp_dim)
+        self.ff = PreNorm(dim, FeedForward(dim, mlp_dim, check_dropout(dropout)))
+
+    def _refine(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        h = x.shape[-2]
+        out = attended + rearrange(x, "b c h w -> b (h w) c")
+        out = self.ff(out) + out
+        return rearrange(out, "b (h w) c -> b c h w", h=h)
+
+
+class ESABlock(_TokenBlock):
+    """ESA + residual, then pre-norm feed-forward + residual: (B, C, H, W) -> (B, C, H, W)."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        mlp_dim: int = 512,
+        dropout: float = 0.0,
+        pooling_sizes: Sequence[int] = (1, 3, 5),
+    ) -> None:
+        super().__init__(dim, mlp_dim, dropout)
+        self.ESAlayer = ESA(dim, heads, dim_head, dropout, pooling_sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._refine(x, self.ESAlayer(x))
+
+
+class LCABlock(_TokenBlock):
+    """LCA + residual, then pre-norm feed-forward + residual.
+
+    (B, C, H, W) features, (B, 1, H, W) mask logits -> (B, C, H, W).
+    """
+
+    def __init__(
+        self, dim: int, heads: int = 8, dim_head: int = 64, mlp_dim: int = 512, dropout: float = 0.0
+    ) -> None:
+        super().__init__(dim, mlp_dim, dropout)
+        self.LCAlayer = LCA(dim, heads, dim_head, dropout)
+
+    def forward(self, x: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+        return self._refine(x, self.LCAlayer(x, mask_logits))

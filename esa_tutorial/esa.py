@@ -1,0 +1,116 @@
+"""Efficient Self-Attention (ESA) of LDNet (Zhang et al., MICCAI 2022).
+
+Queries are all H*W pixels; keys and values are the projected map pooled by a
+pyramid (1x1, 3x3, 5x5 -> 35 tokens), so the attention matrix is N x 35
+instead of N x N.
+
+Two forward passes compute the same function with the same parameters:
+
+``reference``
+    the literal form of the paper's code: project every pixel to q, k, v,
+    pool k and v, attend, project out.
+``folded`` (default)
+    the same algebra reordered. A bias-free 1x1 convolution and average
+    pooling are both linear, so pooling the input once and projecting the 35
+    pooled tokens gives the same keys and values. The query projection and the
+    scale fold into the keys (``A_h = W_q,h^T K_h``, C x 35 per head) and the
+    output projection into the values (``V'_h = V_h W_out,h^T``, 35 x C), so
+    the work over the N pixels is two matrix products and a softmax over 35
+    columns. Chapter 7 derives it step by step.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from .attention import PixelAttention
+from .ppm import PPM
+
+IMPLS = ("folded", "reference")
+
+
+class ESA(PixelAttention):
+    """Efficient Self-Attention: (B, C, H, W) -> (B, H*W, C).
+
+    Args:
+        dim: channels C of the input and the output.
+        heads: attention heads (8 in LDNet).
+        dim_head: channels per head (64 in LDNet).
+        dropout: dropout after the output projection.
+        pooling_sizes: grid sizes of the pyramid; keys and values are
+            ``sum(s*s)`` tokens (35 for (1, 3, 5)).
+        impl: ``"folded"`` (fast, default) or ``"reference"`` (literal form).
+            Both give the same outputs and gradients up to rounding.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        dropout: float = 0.0,
+        pooling_sizes: Sequence[int] = (1, 3, 5),
+        impl: str = "folded",
+    ) -> None:
+        super().__init__(dim, heads, dim_head, dropout)
+        self.ppm = PPM(pooling_sizes)
+        self.impl = impl
+
+    @property
+    def impl(self) -> str:
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        if value not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {value!r}")
+        self._impl = value
+
+    def tokens(self, t: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
+        return self.ppm(t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, H*W, C)."""
+        if self.impl == "reference":
+            return self.forward_reference(x)
+        return self.forward_folded(x)
+
+    def folded_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image matrices of the folded form.
+
+        Returns ``a`` (B, C, heads*n_kv), the scaled query-key product
+        ``W_q,h^T K_h / sqrt(d)`` for all heads side by side, and ``vo``
+        (B, heads*n_kv, C), the values already multiplied by the output
+        projection.
+        """
+        w_q, w_k, w_v = self.to_qkv.weight.flatten(1).chunk(3, dim=0)  # each (inner_dim, C)
+        pooled = self.ppm(x).flatten(2)  # (B, C, n_kv)
+        k = rearrange(w_k @ pooled, "b (h d) n -> b h d n", h=self.heads)
+        v = rearrange(w_v @ pooled, "b (h d) n -> b h n d", h=self.heads)
+        w_q = rearrange(w_q * self.scale, "(h d) c -> h c d", h=self.heads)
+        a = rearrange(torch.einsum("hcd,bhdn->bhcn", w_q, k), "b h c n -> b c (h n)")
+        if self.project_out:
+            w_o = rearrange(self.to_out[0].weight, "c (h d) -> h d c", h=self.heads)
+            v = torch.einsum("bhnd,hdc->bhnc", v, w_o)
+        return a, rearrange(v, "b h n c -> b (h n) c")
+
+    def forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        """The folded form: two matrix products over the pixels. (B, C, H, W) -> (B, H*W, C)."""
+        self.check_input(x)
+        a, vo = self.folded_weights(x)
+        scores = x.flatten(2).transpose(1, 2) @ a  # (B, N, heads * n_kv)
+        probs = rearrange(
+            torch.softmax(rearrange(scores, "b n (h k) -> b n h k", h=self.heads), dim=-1),
+            "b n h k -> b n (h k)",
+        )
+        out = probs @ vo  # (B, N, C)
+        if self.project_out:
+            out = self.to_out[1](out + self.to_out[0].bias)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, impl={self.impl!r}"

@@ -1,0 +1,56 @@
+"""Pyramid Pooling Module (PPM): the 35 keys and values of ESA.
+
+Adaptive average pooling splits an H x W map into s x s bins, bin ``i`` along
+an axis of length L covering ``[floor(i*L/s), ceil((i+1)*L/s))``. Bins overlap
+when L is not a multiple of s, and every bin holds at least one pixel, so any
+H, W >= 1 works, even a map smaller than the grid.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .validation import check_feature_map, check_pooling_sizes
+
+
+def adaptive_bins(length: int, bins: int) -> list[tuple[int, int]]:
+    """Half-open ``(start, stop)`` index ranges of adaptive average pooling.
+
+    ``adaptive_bins(7, 3) == [(0, 3), (2, 5), (4, 7)]``: the same ranges that
+    ``torch.nn.AdaptiveAvgPool1d(3)`` averages over on a length-7 axis.
+    """
+    return [(math.floor(i * length / bins), math.ceil((i + 1) * length / bins)) for i in range(bins)]
+
+
+def num_tokens(pooling_sizes: Sequence[int]) -> int:
+    """Number of pooled tokens, ``sum(s * s)``: 35 for (1, 3, 5)."""
+    return sum(s * s for s in pooling_sizes)
+
+
+class PPM(nn.Module):
+    """Pool a feature map at several grid sizes and concatenate the cells.
+
+    (B, C, H, W) -> (B, C, sum(s^2)); (B, C, 35) for the default (1, 3, 5).
+    Tokens are ordered grid by grid, each grid row-major.
+    """
+
+    def __init__(self, pooling_sizes: Sequence[int] = (1, 3, 5)) -> None:
+        super().__init__()
+        self.pooling_sizes = check_pooling_sizes(pooling_sizes)
+
+    @property
+    def num_tokens(self) -> int:
+        return num_tokens(self.pooling_sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_feature_map(x, None, "PPM")
+        cells = [F.adaptive_avg_pool2d(x, s).flatten(2) for s in self.pooling_sizes]
+        return torch.cat(cells, dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"pooling_sizes={self.pooling_sizes}"

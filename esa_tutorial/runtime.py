@@ -1,0 +1,34 @@
+"""Small conveniences the notebooks share: seeding, device choice, shape checks."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so that a run repeats exactly."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    # Spelt right: cudnn.deterministic (a common typo, "determinstic", silently does nothing).
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def default_device() -> torch.device:
+    """CUDA when a GPU is there, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_shape(t: torch.Tensor, expected: Sequence[int]) -> torch.Tensor:
+    """Return ``t`` if its shape is ``expected``, else raise ``ValueError`` naming both."""
+    if tuple(t.shape) != tuple(expected):
+        raise ValueError(f"expected shape {tuple(expected)}, got {tuple(t.shape)}")
+    return t

@@ -1,0 +1,71 @@
+"""Argument and input checks shared by every module of the package.
+
+Each check raises a ``ValueError`` (or ``TypeError``) that names what was
+expected and what came, so that a reader sees the mistake in their own terms
+instead of a stack trace from deep inside torch.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an int >= 1, else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_dropout(value: object) -> float:
+    """Return ``value`` as a float if it lies in [0, 1), else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"dropout must be a probability in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_pooling_sizes(sizes: object) -> tuple[int, ...]:
+    """Return ``sizes`` as a tuple of positive ints; reject empty or non-positive entries."""
+    if isinstance(sizes, int) or not isinstance(sizes, Sequence) or len(sizes) == 0:
+        raise ValueError(
+            f"pooling_sizes must be a non-empty sequence of positive integers, got {sizes!r}"
+        )
+    for s in sizes:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise ValueError(
+                f"pooling_sizes must be a non-empty sequence of positive integers, got {sizes!r}"
+            )
+    return tuple(sizes)
+
+
+def check_feature_map(x: object, channels: int | None, who: str) -> torch.Tensor:
+    """Check that ``x`` is a floating (B, C, H, W) tensor with ``C == channels``.
+
+    ``channels=None`` accepts any channel count. Returns ``x`` unchanged.
+    """
+    expected = f"(B, C, H, W) with C={channels}" if channels is not None else "(B, C, H, W)"
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{who} expects a torch.Tensor {expected}, got {type(x).__name__}")
+    if x.dim() != 4 or (channels is not None and x.shape[1] != channels):
+        raise ValueError(f"{who} expects {expected}, got {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{who} expects a non-empty {expected}, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{who} expects a floating-point tensor, got dtype {x.dtype}")
+    return x
+
+
+def check_same_dtype(x: torch.Tensor, param: torch.Tensor, who: str) -> None:
+    """Raise ``TypeError`` if the input dtype differs from the module's parameters."""
+    if x.dtype != param.dtype:
+        raise TypeError(
+            f"{who} parameters are {param.dtype} but the input is {x.dtype}; "
+            f"convert one of them, e.g. module.to({x.dtype})"
+        )
+    if x.device != param.device:
+        raise ValueError(
+            f"{who} parameters are on {param.device} but the input is on {x.device}; "
+            f"move one of them, e.g. module.to({str(x.device)!r})"
+        )
