@@ -75,11 +75,11 @@ def naive_attention(
 
 
 def _weights(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    w_qkv = module.state_dict()["to_qkv.weight"]
-    sd = module.state_dict()
-    if "to_out.0.weight" in sd:
-        return w_qkv, sd["to_out.0.weight"], sd["to_out.0.bias"]
-    return w_qkv, None, None
+    # Parameters, not state_dict(): gradients must flow back to the module.
+    params = dict(module.named_parameters())
+    if "to_out.0.weight" in params:
+        return params["to_qkv.weight"], params["to_out.0.weight"], params["to_out.0.bias"]
+    return params["to_qkv.weight"], None, None
 
 
 def naive_esa(module: nn.Module, x: torch.Tensor, pooling_sizes: Sequence[int] = (1, 3, 5)) -> torch.Tensor:

@@ -1,0 +1,17 @@
+"""Shared test settings: deterministic hypothesis runs, a fixed torch seed per test."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+# CI must be reproducible: derandomize draws the same examples on every run.
+settings.register_profile(
+    "ci", derandomize=True, deadline=None, max_examples=40,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("ci")
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
