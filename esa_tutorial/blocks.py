@@ -57,7 +57,8 @@ def mask_average_pool(x: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tenso
         mask_logits: (B, 1, H, W) logits of the previous prediction.
 
     Returns:
-        (B, C, 1): ``sum(x * m) / (sum(m) + 5e-4)`` per channel, ``m = sigmoid(mask_logits)``.
+        The pooled token, shape (B, C, 1), ``sum(x * m) / (sum(m) + 5e-4)`` per
+        channel with ``m = sigmoid(mask_logits)``.
     """
     check_feature_map(x, None, "mask_average_pool")
     b, _, h, w = x.shape

@@ -1,6 +1,6 @@
 """An independent, deliberately plain implementation used to check the modules.
 
-Written differently from :mod:`esa_tutorial.esa` on purpose: explicit bin
+Written differently from ``esa_tutorial.esa`` on purpose: explicit bin
 sums instead of ``adaptive_avg_pool2d``, a Python loop over heads, an explicit
 exp/sum softmax, and float64 throughout. It is slow and only for small inputs.
 """
