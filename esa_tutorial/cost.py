@@ -1,0 +1,56 @@
+"""Count what an attention module costs: floating-point operations and attention-matrix bytes.
+
+Both counts work on ``meta`` tensors, which carry shapes and dtypes but no
+data, so a module can be "run" at sizes that would never fit in memory::
+
+    with torch.device("meta"):
+        mhsa = MHSA(64)
+        x = torch.empty(16, 64, 112, 112)
+    count_flops(mhsa, x)             # no arithmetic is done, no memory is used
+    attention_matrix_bytes(mhsa, x)  # bytes the (B, heads, N, n_kv) matrix would take
+
+FLOPs are those :class:`torch.utils.flop_counter.FlopCounterMode` counts:
+matrix products and convolutions, two FLOPs per multiply-add. Softmax,
+pooling and elementwise work are not counted; they are linear in the tensor
+sizes and small next to the products.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .attention import PixelAttention
+
+
+def flops_by_operator(module: nn.Module, *inputs: torch.Tensor) -> dict[str, int]:
+    """FLOPs of one forward pass ``module(*inputs)``, per aten operator.
+
+    Returns e.g. ``{"convolution": ..., "bmm": ..., "addmm": ...}`` (the ``aten.``
+    prefix dropped). Runs without autograd; works on CPU, CUDA and meta tensors.
+    """
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(*inputs)
+    counts = counter.get_flop_counts().get("Global", {})
+    return {str(op).removeprefix("aten.").split(".")[0]: int(n) for op, n in counts.items()}
+
+
+def count_flops(module: nn.Module, *inputs: torch.Tensor) -> int:
+    """Total FLOPs of one forward pass ``module(*inputs)`` (see :func:`~esa_tutorial.flops_by_operator`)."""
+    return sum(flops_by_operator(module, *inputs).values())
+
+
+def attention_matrix_bytes(module: PixelAttention, x: torch.Tensor, *context: torch.Tensor) -> int:
+    """Bytes of the attention matrix (B, heads, H*W, n_kv) that ``module`` builds for ``x``.
+
+    Measured from the tensor ``module.attention(x, *context)`` returns (its
+    number of elements times the element size), not from a formula, so it is
+    right for any :class:`~esa_tutorial.PixelAttention` (MHSA:
+    n_kv = H*W; ESA: n_kv = 35; LCA, given its mask logits as ``context``:
+    n_kv = 1). Pass meta tensors for sizes that would not fit in memory.
+    """
+    module.check_input(x)
+    with torch.no_grad():
+        attn, _ = module.attention(x, *context)
+    return attn.numel() * attn.element_size()

@@ -1,0 +1,76 @@
+"""FLOP and attention-memory counts against hand formulas, on CPU and on meta tensors."""
+
+import pytest
+import torch
+from torch import nn
+
+from esa_tutorial import ESA, LCA, MHSA
+from esa_tutorial.cost import attention_matrix_bytes, count_flops, flops_by_operator
+
+# Two FLOPs per multiply-add. With C channels, inner = heads * dim_head, N pixels, n_kv tokens:
+#   to_qkv (1x1 conv):     2 * N * C * 3 * inner
+#   q @ k^T and attn @ v:  2 * (2 * N * n_kv * inner)
+#   to_out (Linear):       2 * N * inner * C
+
+
+def hand_flops(batch, c, heads, dim_head, n, n_kv, project_out=True):
+    inner = heads * dim_head
+    return {
+        "convolution": batch * 2 * n * c * 3 * inner,
+        "bmm": batch * 4 * n * n_kv * inner,
+        **({"addmm": batch * 2 * n * inner * c} if project_out else {}),
+    }
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("cls,hw", [(MHSA, (6, 5)), (ESA, (6, 5)), (ESA, (9, 9))])
+def test_flops_match_hand_formula(device, cls, hw):
+    kwargs = {"impl": "reference"} if cls is ESA else {}
+    with torch.device(device):
+        module = cls(12, heads=3, dim_head=4, **kwargs)
+        x = torch.randn(2, 12, *hw)
+    n = hw[0] * hw[1]
+    n_kv = n if cls is MHSA else 35
+    expected = hand_flops(2, 12, 3, 4, n, n_kv)
+    assert flops_by_operator(module, x) == expected
+    assert count_flops(module, x) == sum(expected.values())
+
+
+def test_identity_output_projection_adds_no_flops():
+    module = MHSA(8, heads=1, dim_head=8)
+    assert isinstance(module.to_out, nn.Identity)
+    assert flops_by_operator(module, torch.randn(1, 8, 4, 4)) == hand_flops(1, 8, 1, 8, 16, 16, False)
+
+
+def test_meta_counts_equal_cpu_counts_for_folded_esa():
+    cpu = count_flops(ESA(16, heads=2, dim_head=8), torch.randn(1, 16, 10, 10))
+    with torch.device("meta"):
+        meta = count_flops(ESA(16, heads=2, dim_head=8), torch.empty(1, 16, 10, 10))
+    assert meta == cpu > 0
+
+
+@pytest.mark.parametrize("dtype,itemsize", [(torch.float32, 4), (torch.float64, 8)])
+def test_attention_matrix_bytes(dtype, itemsize):
+    x = torch.randn(2, 12, 7, 6, dtype=dtype)
+    mhsa = MHSA(12, heads=3, dim_head=4).to(dtype)
+    esa = ESA(12, heads=3, dim_head=4).to(dtype)
+    assert attention_matrix_bytes(mhsa, x) == 2 * 3 * 42 * 42 * itemsize
+    assert attention_matrix_bytes(esa, x) == 2 * 3 * 42 * 35 * itemsize
+
+
+def test_attention_matrix_bytes_passes_context_to_cross_attention():
+    lca = LCA(12, heads=3, dim_head=4)
+    x, mask_logits = torch.randn(2, 12, 5, 4), torch.randn(2, 1, 5, 4)
+    assert attention_matrix_bytes(lca, x, mask_logits) == 2 * 3 * 20 * 1 * 4
+
+
+def test_attention_matrix_bytes_at_ldnet_scale_on_meta():
+    # 16 x 64 x 112 x 112 would need 75 GiB for MHSA's matrix; on meta it costs nothing.
+    with torch.device("meta"):
+        x = torch.empty(16, 64, 112, 112)
+        assert attention_matrix_bytes(MHSA(64), x) == 16 * 8 * 12544**2 * 4
+
+
+def test_attention_matrix_bytes_rejects_wrong_channels():
+    with pytest.raises(ValueError, match="C=12"):
+        attention_matrix_bytes(MHSA(12, heads=3, dim_head=4), torch.randn(1, 5, 4, 4))
