@@ -15,3 +15,16 @@ settings.load_profile("ci")
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one thread, restoring the count afterwards.
+
+    Tests of many tiny ops spend most of their time with OpenMP threads waiting
+    for each other on a busy 2-core machine.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,242 @@
+"""Training: loss against hand computation, poly schedule, atomic checkpoints, resume, CLI."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import esa_tutorial.train as train
+from esa_tutorial.train import (
+    TrainConfig,
+    atomic_save,
+    bce_dice_loss,
+    deep_supervision_loss,
+    load_checkpoint,
+    poly_lr,
+    run_experiment,
+    saved_activation_bytes,
+)
+
+TINY = dict(size=32, n_train=8, n_val=4, batch_size=4, epochs=2, width=4, heads=1, dim_head=4, mlp_dim=8,
+            lr=0.01, device="cpu", progress=False)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _sigmoid(z: float) -> float:
+    return 1 / (1 + math.exp(-z))
+
+
+def _bce_dice_by_hand(logits: list[list[float]], targets: list[list[float]]) -> float:
+    """BCE over every pixel of every image, plus 1 - mean over images of the smoothed Dice."""
+    pixels = [(z, t) for zs, ts in zip(logits, targets) for z, t in zip(zs, ts)]
+    bce = -sum(t * math.log(_sigmoid(z)) + (1 - t) * math.log(1 - _sigmoid(z)) for z, t in pixels) / len(pixels)
+    dices = []
+    for zs, ts in zip(logits, targets):
+        p = [_sigmoid(z) for z in zs]
+        dices.append((2 * sum(a * b for a, b in zip(p, ts)) + 1) / (sum(p) + sum(ts) + 1))
+    return bce + 1 - sum(dices) / len(dices)
+
+
+def test_bce_dice_loss_matches_hand_computation() -> None:
+    logits = [[2.0, -1.0, 0.5, -3.0], [0.0, 1.5, -0.5, 4.0]]
+    targets = [[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0]]
+    got = bce_dice_loss(torch.tensor(logits).view(2, 1, 2, 2), torch.tensor(targets).view(2, 1, 2, 2))
+    assert got.item() == pytest.approx(_bce_dice_by_hand(logits, targets), rel=1e-6)
+
+
+def test_deep_supervision_sums_losses_against_area_averaged_targets() -> None:
+    target = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
+    fine = torch.tensor([[2.0, 1.0, -1.0, -2.0], [1.0, -1.0, -2.0, -2.0], [-1.0, -2.0, 1.0, 2.0], [0.0, -1.0, 2.0, 3.0]])
+    coarse = torch.tensor([[1.0, -2.0], [-1.0, 2.0]])
+    # Each coarse pixel covers 2x2 fine ones: its target is the lesion fraction there.
+    coarse_target = [0.75, 0.0, 0.0, 1.0]
+    expected = _bce_dice_by_hand([fine.flatten().tolist()], [target.flatten().tolist()]) + _bce_dice_by_hand(
+        [coarse.flatten().tolist()], [coarse_target]
+    )
+    got = deep_supervision_loss([fine.view(1, 1, 4, 4), coarse.view(1, 1, 2, 2)], target.view(1, 1, 4, 4))
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_loss_errors() -> None:
+    with pytest.raises(ValueError, match=r"one shape, got \(1, 1, 2, 2\) and \(1, 1, 4, 4\)"):
+        bce_dice_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="3x3 does not divide the target size 4x4"):
+        deep_supervision_loss([torch.zeros(1, 1, 3, 3)], torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="at least one output"):
+        deep_supervision_loss([], torch.zeros(1, 1, 4, 4))
+
+
+def test_poly_schedule_values() -> None:
+    assert poly_lr(1e-3, 0, 100) == pytest.approx(1e-3)
+    assert poly_lr(1e-3, 50, 100, power=0.9) == pytest.approx(1e-3 * 0.5**0.9)
+    assert poly_lr(0.1, 75, 100, power=2.0) == pytest.approx(0.1 * 0.25**2)
+    assert poly_lr(1e-3, 100, 100) == 0.0
+    with pytest.raises(ValueError, match="total_steps >= 1"):
+        poly_lr(1e-3, 0, 0)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("disk full (simulated)")
+
+
+def test_atomic_save_keeps_the_old_checkpoint_when_writing_fails(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    atomic_save({"epoch": 1}, path)
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_save({"epoch": 2, "bad": _Unpicklable()}, path)
+    assert load_checkpoint(path) == {"epoch": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left behind
+
+
+def test_resume_after_a_crash_repeats_the_uninterrupted_run(tmp_path: Path, monkeypatch) -> None:
+    straight = run_experiment(TrainConfig(**TINY, checkpoint_dir=str(tmp_path / "a")))
+
+    real_evaluate, calls = train.evaluate, []
+
+    def crash_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed after epoch 1's checkpoint, before epoch 2's
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(TrainConfig(**TINY, checkpoint_dir=str(tmp_path / "b")))
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    resumed = run_experiment(TrainConfig(**TINY, checkpoint_dir=str(tmp_path / "b"), resume=True))
+
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for name, value in a["model"].items():
+        torch.testing.assert_close(b["model"][name], value, rtol=0, atol=0)
+    torch.testing.assert_close(b["optimizer"]["state"], a["optimizer"]["state"], rtol=0, atol=0)
+    assert resumed.history["step_loss"] == straight.history["step_loss"]
+    assert resumed.history["val_dice"] == straight.history["val_dice"]
+    assert (resumed.best_epoch, resumed.best) == (straight.best_epoch, straight.best)
+
+
+def test_resume_refuses_a_different_recipe(tmp_path: Path) -> None:
+    run_experiment(TrainConfig(**{**TINY, "epochs": 1}, checkpoint_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match=r"config differs in \['lr'\]"):
+        run_experiment(TrainConfig(**{**TINY, "epochs": 1, "lr": 0.5}, checkpoint_dir=str(tmp_path), resume=True))
+
+
+def test_history_and_best_model(tmp_path: Path) -> None:
+    result = run_experiment(TrainConfig(**TINY, checkpoint_dir=str(tmp_path)))
+    h = result.history
+    assert h["epoch"] == [1, 2] and len(h["step_loss"]) == 4  # 8 images, batches of 4, 2 epochs
+    assert result.best["miou"] == max(h["val_miou"]) == h["val_miou"][result.best_epoch - 1]
+    best = load_checkpoint(tmp_path / "best.pt")
+    for name, value in best["model"].items():
+        torch.testing.assert_close(result.model.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ValueError, match="size must be a multiple of 32.*got 100"):
+        TrainConfig(size=100)
+    with pytest.raises(ValueError, match="epochs must be a positive integer, got 0"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="attention must be one of"):
+        TrainConfig(attention="full")
+
+
+def test_saved_activation_bytes_counts_what_backward_keeps() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+    small = saved_activation_bytes(model, torch.randn(4, 4))
+    large = saved_activation_bytes(model, torch.randn(8, 4))
+    # Four more rows: Linear keeps its input (4 floats a row), ReLU its output (3 floats a row).
+    assert large - small == 4 * (4 + 3) * 4
+
+
+def test_saved_activation_bytes_leaves_batch_norm_statistics_alone() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    before = model[1].running_mean.clone()
+    assert saved_activation_bytes(model, torch.randn(2, 3, 8, 8)) > 0
+    torch.testing.assert_close(model[1].running_mean, before)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "one of the arguments --synthetic --data is required"),
+        (["--synthetic", "--data", "x"], "not allowed with argument"),
+        (["--data", "/no/such/folder"], "--data: no folder at '/no/such/folder'"),
+        (["--synthetic", "--size", "100"], "size must be a multiple of 32"),
+        (["--synthetic", "--attention", "full"], "invalid choice: 'full'"),
+        (["--synthetic", "--val-data", "x"], "--val-data needs --data"),
+    ],
+)
+def test_cli_argument_errors(argv: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_resume_without_checkpoint(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        train.main(["--synthetic", "--resume", "--checkpoint-dir", str(tmp_path)])
+    assert "--resume: no checkpoint at" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_cuda_without_gpu(capsys) -> None:
+    with pytest.raises(SystemExit):
+        train.main(["--synthetic", "--device", "cuda"])
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_cli_quick_defaults_and_overrides() -> None:
+    args = train.build_parser().parse_args(["--synthetic", "--quick", "--epochs", "3", "--no-lca"])
+    config = train.config_from_args(args)
+    assert (config.size, config.lr, config.epochs, config.use_lca) == (64, 0.05, 3, False)
+    assert train.config_from_args(train.build_parser().parse_args(["--synthetic"])).lr == 1e-3
+
+
+def test_cli_tiny_run_ends_with_the_scores_line(tmp_path: Path, capsys) -> None:
+    argv = ["--synthetic", "--size", "32", "--n-train", "8", "--n-val", "4", "--batch-size", "4", "--epochs", "1",
+            "--width", "4", "--heads", "1", "--dim-head", "4", "--mlp-dim", "8", "--device", "cpu",
+            "--no-progress", "--checkpoint-dir", str(tmp_path)]
+    train.main(argv)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"val dice=\d\.\d{3} miou=\d\.\d{3}", last)
+    assert (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
+
+
+def _write_folder(root: Path, n: int) -> None:
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        image = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8).numpy()
+        mask = torch.zeros(32, 32, dtype=torch.uint8)
+        mask[8 + i : 20 + i, 6:18] = 255
+        Image.fromarray(image).save(root / "images" / f"{i}.png")
+        Image.fromarray(mask.numpy()).save(root / "masks" / f"{i}.png")
+
+
+def test_trains_on_a_folder_with_a_held_out_split(tmp_path: Path) -> None:
+    _write_folder(tmp_path / "polyps", 10)
+    config = TrainConfig(**{**TINY, "epochs": 1, "batch_size": 2}, data=str(tmp_path / "polyps"))
+    train_set, val_set = train.make_datasets(config)
+    assert (len(train_set), len(val_set)) == (8, 2)  # val_fraction 0.2 of 10
+    assert sorted(train_set.indices + val_set.indices) == list(range(10))
+    assert train_set.dataset.train and not val_set.dataset.train  # augment the training part only
+    result = run_experiment(config)
+    assert len(result.history["step_loss"]) == 4 and 0.0 <= result.best["dice"] <= 1.0
