@@ -1,6 +1,7 @@
 # Two commands a reader needs, on a fresh machine:
 #   make book   create .venv from requirements.txt, build the book, print where it is
-#   make test   unit tests, every notebook through nbval, the book build
+#   make test   unit tests, every notebook through nbval, the book build, the built
+#               site in headless Chromium (installs Debian's chromium if missing)
 # Everything else here is a step of those two.
 
 PYTHON ?= python3
@@ -9,7 +10,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tools/nbval_sanitize.cfg --nbval-cell-timeout=600
 
-.PHONY: venv book test test-unit test-notebooks test-book bench clean
+.PHONY: venv book test test-unit test-notebooks test-book test-browser browser-deps bench clean
 
 venv: $(STAMP)
 
@@ -25,14 +26,24 @@ book: $(STAMP)
 	@echo "The book: file://$(CURDIR)/_build/html/index.html"
 
 test-unit: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --ignore=tests/browser
 
 test-notebooks: $(STAMP)
 	$(PY) -m pytest $(NBVAL) notebooks
 
 test-book: book
 
-test: test-unit test-notebooks test-book
+# Debian's headless Chromium and its driver for the browser tests (CI runs as root).
+browser-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; }
+
+# The built site in headless Chromium: links, images, math, search, Colab buttons; screenshots in _build/screenshots.
+test-browser: book browser-deps
+	$(PY) -m pytest tests/browser
+
+test: test-unit test-notebooks test-book test-browser
 
 bench: $(STAMP)
 	$(PY) -m esa_tutorial.bench
