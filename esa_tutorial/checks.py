@@ -169,7 +169,7 @@ _BIN_CASES = ((8, 4), (7, 3), (9, 6), (5, 5), (2, 5), (1, 3), (10, 3))
 
 @_keeps_rng
 def check_adaptive_bins(fn: Callable[[int, int], Sequence[tuple[int, int]]]) -> Passed:
-    """Check ``fn(length, bins)`` against :func:`~esa_tutorial.ppm.adaptive_bins` (half-open ranges)."""
+    """Check ``fn(length, bins)`` against :func:`~esa_tutorial.adaptive_bins` (half-open ranges)."""
     __tracebackhide__ = True
     for length, bins in _BIN_CASES:
         case = f"length={length}, bins={bins}"
@@ -510,7 +510,7 @@ def check_pool_then_project(fn: Callable[..., torch.Tensor], seed: int = 0) -> P
 
 @_keeps_rng
 def check_fold_query(fn: Callable[..., torch.Tensor], seed: int = 0) -> Passed:
-    """Check ``fn(w_q, k, heads, scale)`` -> A (B, C, heads*n_kv) against :meth:`ESA.folded_weights`.
+    """Check ``fn(w_q, k, heads, scale)`` -> A (B, C, heads*n_kv) against :meth:`esa_tutorial.ESA.folded_weights`.
 
     ``w_q`` is (heads*dim_head, C), ``k`` the pooled keys (B, heads*dim_head, n_kv);
     column ``h*n_kv + j`` of A is ``scale * W_q,h^T k_h[:, j]``, so that

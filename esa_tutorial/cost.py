@@ -37,7 +37,7 @@ def flops_by_operator(module: nn.Module, *inputs: torch.Tensor) -> dict[str, int
 
 
 def count_flops(module: nn.Module, *inputs: torch.Tensor) -> int:
-    """Total FLOPs of one forward pass ``module(*inputs)`` (see :func:`~esa_tutorial.flops_by_operator`)."""
+    """Total FLOPs of one forward pass ``module(*inputs)`` (see :func:`~esa_tutorial.cost.flops_by_operator`)."""
     return sum(flops_by_operator(module, *inputs).values())
 
 
