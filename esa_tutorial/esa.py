@@ -28,6 +28,7 @@ from einops import rearrange
 from torch import nn
 
 from .attention import PixelAttention
+from .folded import folded_attention
 from .ppm import PPM
 
 IMPLS = ("folded", "reference")
@@ -99,17 +100,18 @@ class ESA(PixelAttention):
         return a, rearrange(v, "b h n c -> b (h n) c")
 
     def forward_folded(self, x: torch.Tensor) -> torch.Tensor:
-        """The folded form: two matrix products over the pixels. (B, C, H, W) -> (B, H*W, C)."""
+        """The folded form: two matrix products over the pixels. (B, C, H, W) -> (B, H*W, C).
+
+        The pixel-side work runs blocked over the pixels and recomputes the
+        probabilities in the backward pass (:func:`~esa_tutorial.folded.folded_attention`),
+        so no (B, N, heads*35) tensor is kept for autograd.
+        """
         self.check_input(x)
         a, vo = self.folded_weights(x)
-        scores = x.flatten(2).transpose(1, 2) @ a  # (B, N, heads * n_kv)
-        probs = rearrange(
-            torch.softmax(rearrange(scores, "b n (h k) -> b n h k", h=self.heads), dim=-1),
-            "b n h k -> b n (h k)",
-        )
-        out = probs @ vo  # (B, N, C)
+        bias = self.to_out[0].bias if self.project_out else None
+        out = folded_attention(x.flatten(2), a, vo, bias, self.heads)  # (B, N, C)
         if self.project_out:
-            out = self.to_out[1](out + self.to_out[0].bias)
+            out = self.to_out[1](out)  # dropout, as the reference applies it after the bias
         return out
 
     def extra_repr(self) -> str:
