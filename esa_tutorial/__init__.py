@@ -6,24 +6,32 @@ lives here once; the notebooks rebuild it in plain code and check they agree.
 
 from .attention import MHSA, PixelAttention
 from .blocks import LCA, ESABlock, LCABlock, mask_average_pool
+from .cost import attention_matrix_bytes, count_flops, flops_by_operator
 from .esa import ESA
+from .ldnet import LDNet
 from .ppm import PPM, adaptive_bins, num_tokens
 from .runtime import check_shape, default_device, seed_everything
+
+from . import data, metrics  # submodules: esa_tutorial.data, esa_tutorial.metrics
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "adaptive_bins",
+    "attention_matrix_bytes",
+    "check_shape",
+    "count_flops",
+    "default_device",
+    "ESA",
     "ESABlock",
+    "flops_by_operator",
     "LCA",
     "LCABlock",
+    "LDNet",
     "mask_average_pool",
-    "ESA",
     "MHSA",
-    "PPM",
-    "PixelAttention",
-    "adaptive_bins",
-    "check_shape",
-    "default_device",
     "num_tokens",
+    "PixelAttention",
+    "PPM",
     "seed_everything",
 ]
