@@ -6,12 +6,12 @@
 
 Variants (all with LDNet's heads=8, dim_head=64 and the same weights):
 
-``mhsa``           full self-attention over the H*W pixels (skipped where its
-                   attention matrix would exceed ``--mhsa-limit-gb``);
-``esa_reference``  ESA's literal form: project every pixel, pool, attend, project;
-``esa_folded``     ESA's folded form (the package default);
-``esa_sdpa``       the literal form with ``F.scaled_dot_product_attention`` over
-                   ESA's 35 pooled keys and values: what PyTorch's fused kernel gives.
+* ``mhsa``: full self-attention over the H*W pixels (skipped where its
+  attention matrix would exceed ``--mhsa-limit-gb``);
+* ``esa_reference``: ESA's literal form: project every pixel, pool, attend, project;
+* ``esa_folded``: ESA's folded form (the package default);
+* ``esa_sdpa``: the literal form with ``F.scaled_dot_product_attention`` over
+  ESA's 35 pooled keys and values: what PyTorch's fused kernel gives.
 
 What is measured, per variant and shape:
 
