@@ -62,7 +62,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .attention import MHSA, PixelAttention
 from .esa import ESA
-from .runtime import default_device
+from .runtime import resolve_device
 
 VARIANTS = ("mhsa", "esa_reference", "esa_folded", "esa_sdpa")
 # (batch, channels, height, width): LDNet's four ESA stages at 224x224 input, batch 16,
@@ -251,7 +251,7 @@ def run_benchmark(
     progress: bool = False,
 ) -> list[Record]:
     """Count, time (interleaved, ``repeats`` rounds) and measure every variant at every shape."""
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     records = []
     for shape in shapes:
         row = []
@@ -372,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> list[Record]:
         _probe_memory(args.probe_memory)
         return []
     dtype = DTYPES[args.dtype]
-    device = torch.device(args.device) if args.device else default_device()
+    device = resolve_device(args.device)
     shapes = args.shape or (QUICK_SHAPES if args.quick else LDNET_SHAPES)
     repeats = args.repeats or (1 if args.quick else 3)
     min_run_time = 0.05 if args.quick else 0.2

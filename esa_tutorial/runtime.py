@@ -27,6 +27,16 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(name: "str | torch.device | None") -> torch.device:
+    """``None`` -> :func:`default_device`; ``"cuda"`` without a GPU -> a clear ``ValueError``."""
+    if name is None:
+        return default_device()
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(name)!r} requested but CUDA is not available; use 'cpu'")
+    return device
+
+
 def check_shape(t: torch.Tensor, expected: Sequence[int]) -> torch.Tensor:
     """Return ``t`` if its shape is ``expected``, else raise ``ValueError`` naming both."""
     if tuple(t.shape) != tuple(expected):

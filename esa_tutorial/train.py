@@ -41,7 +41,7 @@ with warnings.catch_warnings():
 from .data import PolypFolder, SyntheticPolyps
 from .ldnet import ATTENTIONS, LDNet
 from .metrics import segmentation_scores
-from .runtime import default_device, seed_everything
+from .runtime import resolve_device, seed_everything
 
 DICE_SMOOTH = 1.0  # LDNet's Dice smoothing: an empty prediction of an empty mask scores 1
 VAL_SEED_OFFSET = 10_000  # synthetic validation images come from another seed than training ones
@@ -287,16 +287,6 @@ class ExperimentResult:
     saved_activation_mb: float
     cuda_peak_mb: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``None`` -> :func:`~esa_tutorial.runtime.default_device`; ``"cuda"`` without a GPU -> a clear ``ValueError``."""
-    if name is None:
-        return default_device()
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use 'cpu'")
-    return device
 
 
 def run_experiment(config: TrainConfig, log: Callable[[str], None] | None = None) -> ExperimentResult:

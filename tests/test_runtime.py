@@ -1,0 +1,36 @@
+"""Device choice, shape checks and seeding shared by the notebooks, training and the benchmark."""
+
+import pytest
+import torch
+
+from esa_tutorial import check_shape, seed_everything
+from esa_tutorial.bench import main as bench_main
+from esa_tutorial.runtime import default_device, resolve_device
+
+
+def test_resolve_device():
+    assert resolve_device(None) == default_device()
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_gpu_is_a_clear_error_in_training_and_benchmark():
+    with pytest.raises(ValueError, match="device 'cuda' requested but CUDA is not available"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        bench_main(["--quick", "--device", "cuda", "--no-memory"])
+
+
+def test_check_shape():
+    t = torch.zeros(2, 3)
+    assert check_shape(t, (2, 3)) is t
+    with pytest.raises(ValueError, match=r"expected shape \(2, 4\), got \(2, 3\)"):
+        check_shape(t, [2, 4])
+
+
+def test_seed_everything_repeats_draws():
+    seed_everything(3)
+    a = torch.randn(4)
+    seed_everything(3)
+    torch.testing.assert_close(torch.randn(4), a)
