@@ -12,12 +12,12 @@ that the badge, the install and the book's launch buttons agree.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
 
 import nbformat
+import yaml
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,11 +26,11 @@ RELEASE = "v0.1.0"  # the tag Colab installs the package from
 
 def repository_url() -> str:
     """The repository URL set once in ``_config.yml``."""
-    text = (ROOT / "_config.yml").read_text()
-    match = re.search(r"^repository:\s*\n\s+url:\s*(\S+)", text, re.M)
-    if not match:
-        raise RuntimeError("_config.yml has no repository.url")
-    return match.group(1).rstrip("/")
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    try:
+        return config["repository"]["url"].rstrip("/")
+    except (KeyError, TypeError, AttributeError):
+        raise RuntimeError("_config.yml has no repository.url") from None
 
 
 def colab_url(notebook_stem: str, subdir: str = "notebooks") -> str:
