@@ -28,7 +28,7 @@ def default_device() -> torch.device:
 
 
 def resolve_device(name: "str | torch.device | None") -> torch.device:
-    """``None`` -> :func:`default_device`; ``"cuda"`` without a GPU -> a clear ``ValueError``."""
+    """``None`` -> :func:`~esa_tutorial.default_device`; ``"cuda"`` without a GPU -> a clear ``ValueError``."""
     if name is None:
         return default_device()
     device = torch.device(name)
