@@ -23,13 +23,15 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from .attention import MHSA
-from .cost import attention_matrix_bytes, flops_by_operator
-from .esa import ESA
-from .ppm import PPM, adaptive_bins, num_tokens
+from ..attention import MHSA
+from ..cost import attention_matrix_bytes, count_flops, flops_by_operator
+from ..esa import ESA
+from ..ldnet import LDNet
+from ..ppm import PPM, adaptive_bins, num_tokens
+from .tape import StudentRaised, TapeMismatch, ask, salt
 
 __all__ = [
     "CheckFailed",
@@ -87,7 +89,7 @@ def _student_code(what: str, case: str) -> Iterator[None]:
     """Turn any exception raised by student code into a :class:`CheckFailed` that says where."""
     try:
         yield
-    except CheckFailed:
+    except (CheckFailed, TapeMismatch):
         raise
     except NotImplementedError:
         raise CheckFailed(
@@ -95,9 +97,8 @@ def _student_code(what: str, case: str) -> Iterator[None]:
             "  Replace the line `raise NotImplementedError()` with your code, then run this check again."
         ) from None
     except Exception as exc:  # noqa: BLE001 -- any student error becomes feedback
-        raise CheckFailed(
-            f"{what} raised {type(exc).__name__}: {exc}\n  on {case}{_student_line(exc)}"
-        ) from None
+        name = exc.name if isinstance(exc, StudentRaised) else type(exc).__name__
+        raise CheckFailed(f"{what} raised {name}: {exc}\n  on {case}{_student_line(exc)}") from None
 
 
 def _as_tensor(got: object, what: str, case: str) -> torch.Tensor:
@@ -126,6 +127,11 @@ def _random(shape: Sequence[int], gen: torch.Generator) -> torch.Tensor:
     return torch.randn(*shape, generator=gen)
 
 
+def _gen(seed: int) -> torch.Generator:
+    """The generator of a check's inputs; the grading-time salt (0 in a notebook) changes them all."""
+    return torch.Generator().manual_seed(seed + salt())
+
+
 @contextmanager
 def _seeded(seed: int) -> Iterator[None]:
     """Seed torch inside the block without disturbing the student's random state."""
@@ -150,15 +156,15 @@ def _passed(name: str, n: int, extra: str = "") -> Passed:
     return Passed(f"✓ {name} passed on {n} cases{extra}.")
 
 
-class _OpRecorder(TorchDispatchMode):
-    """Record the aten operators that run inside the block."""
+class _OpRecorder(TorchFunctionMode):
+    """Record the names of the torch functions called inside the block."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ops: set[str] = set()
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        self.ops.add(str(func.overloadpacket))
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.ops.add(getattr(func, "__name__", str(func)))
         return func(*args, **(kwargs or {}))
 
 
@@ -171,10 +177,14 @@ _BIN_CASES = ((8, 4), (7, 3), (9, 6), (5, 5), (2, 5), (1, 3), (10, 3))
 def check_adaptive_bins(fn: Callable[[int, int], Sequence[tuple[int, int]]]) -> Passed:
     """Check ``fn(length, bins)`` against :func:`~esa_tutorial.adaptive_bins` (half-open ranges)."""
     __tracebackhide__ = True
-    for length, bins in _BIN_CASES:
+    cases = _BIN_CASES
+    if salt():
+        gen = _gen(0)
+        cases = tuple((int(a), int(b)) for a, b in torch.randint(1, 13, (len(_BIN_CASES), 2), generator=gen))
+    for length, bins in cases:
         case = f"length={length}, bins={bins}"
         with _student_code("your bins function", case):
-            got = fn(length, bins)
+            got = ask("your bins function", fn, length, bins)
         expected = adaptive_bins(length, bins)
         try:
             got = [(int(a), int(b)) for a, b in got]
@@ -194,7 +204,7 @@ def check_adaptive_bins(fn: Callable[[int, int], Sequence[tuple[int, int]]]) -> 
         elif all(b - a >= 1 for a, b in expected) and any(b - a < 1 for a, b in got):
             hint = "every bin must hold at least one pixel, even when bins > length."
         raise CheckFailed(f"wrong bins for {case}:\n  expected {expected}\n  got      {got}\n  Hint: {hint}")
-    return _passed("check_adaptive_bins", len(_BIN_CASES))
+    return _passed("check_adaptive_bins", len(cases))
 
 
 _PPM_SHAPES = ((2, 3, 15, 15), (1, 4, 7, 9), (2, 2, 3, 4), (1, 3, 1, 1), (1, 2, 12, 5))
@@ -227,13 +237,13 @@ def check_ppm(
     """
     __tracebackhide__ = True
     sizes = tuple(pooling_sizes)
-    gen = torch.Generator().manual_seed(seed)
+    gen = _gen(seed)
     for shape in _PPM_SHAPES:
         x = _random(shape, gen)
         case = f"an input of shape {shape} with pooling_sizes={sizes}"
         with _student_code("your PPM", case), _OpRecorder() as rec:
-            got = _as_tensor(fn(x.clone(), sizes), "your PPM", case)
-        if not allow_adaptive_pool and rec.ops & {"aten._adaptive_avg_pool2d", "aten.adaptive_avg_pool2d"}:
+            got = _as_tensor(ask("your PPM", fn, x.clone(), sizes), "your PPM", case)
+        if not allow_adaptive_pool and "adaptive_avg_pool2d" in rec.ops:
             raise CheckFailed(
                 "your PPM calls torch's adaptive average pooling; this exercise asks you to average "
                 "each bin yourself (use your bins function and .mean over the bin)."
@@ -288,6 +298,30 @@ def _esa_hint(got: torch.Tensor, ref: ESA, x: torch.Tensor) -> str:
     )
 
 
+def _run_esa(cls: Callable[..., nn.Module], cfg: dict, state: dict, x: torch.Tensor, g: torch.Tensor) -> dict:
+    """The student's side of :func:`check_esa`: build ``cls(**cfg)`` with ESA's weights, forward ``x``, backward ``g``.
+
+    Returns the output and the gradients with respect to ``x`` and
+    ``to_qkv.weight`` (None where missing), or ``load_error`` with the
+    module's own parameter shapes when ESA's weights do not fit.
+    """
+    mine = cls(**cfg)
+    try:
+        mine.load_state_dict(state)
+    except Exception:  # noqa: BLE001 -- report the names, not torch's message
+        return {"load_error": str({k: tuple(v.shape) for k, v in mine.state_dict().items()})}
+    x = x.clone().requires_grad_(True)
+    out = mine(x)
+    result = {"out": out, "has_graph": isinstance(out, torch.Tensor) and out.grad_fn is not None}
+    if result["has_graph"] and out.shape == g.shape:
+        dx, dw = torch.autograd.grad(out, (x, mine.to_qkv.weight), g, allow_unused=True)
+        result.update(dx=dx, dw=dw)
+    else:
+        result.update(dx=torch.zeros(()), dw=torch.zeros(()))  # judged by shape or graph first
+    return result
+
+
+
 @_keeps_rng
 def check_esa(cls: Callable[..., nn.Module], seed: int = 0) -> Passed:
     """Check a class ``cls(dim, heads, dim_head, pooling_sizes=...)`` against :class:`~esa_tutorial.ESA`.
@@ -298,53 +332,49 @@ def check_esa(cls: Callable[..., nn.Module], seed: int = 0) -> Passed:
     gradients with respect to the input and the weights.
     """
     __tracebackhide__ = True
-    gen = torch.Generator().manual_seed(seed)
+    gen = _gen(seed)
     for i, cfg in enumerate(_ESA_CONFIGS):
         cfg = dict(cfg)
         shape = cfg.pop("shape")
         case = f"MyESA({', '.join(f'{k}={v}' for k, v in cfg.items())}) on an input of shape {shape}"
-        with _seeded(seed + i):
+        with _seeded(seed + i + salt()):
             ref = ESA(**cfg, impl="reference")
-        with _student_code("creating your module", case):
-            mine = cls(**cfg)
-        try:
-            mine.load_state_dict(ref.state_dict())
-        except Exception:  # noqa: BLE001 -- report the names, not torch's message
-            theirs = {k: tuple(v.shape) for k, v in mine.state_dict().items()}
+        x = _random(shape, gen)
+        expected = ref(x.detach().requires_grad_(True))
+        g = _random(expected.shape, gen)
+        with _student_code("your module", case):
+            got = ask("your module", _run_esa, cls, cfg, ref.state_dict(), x, g)
+        if got.get("load_error"):
             ours = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
             raise CheckFailed(
                 f"your module's parameters do not match ESA's, so the check cannot give it ESA's weights\n"
-                f"  on {case}:\n  ESA has   {ours}\n  yours has {theirs}"
-            ) from None
-        x = _random(shape, gen).requires_grad_(True)
-        with _student_code("your forward", case):
-            got = _as_tensor(mine(x), "your forward", case)
-        expected = ref(x)
+                f"  on {case}:\n  ESA has   {ours}\n  yours has {got['load_error']}"
+            )
+        out = _as_tensor(got.get("out"), "your forward", case)
         b, c, h, w = shape
-        if got.shape != expected.shape:
+        if out.shape != expected.shape:
             hint = ""
-            if tuple(got.shape) == (b, c, h * w):
+            if tuple(out.shape) == (b, c, h * w):
                 hint = "\n  Hint: you returned (B, C, H*W); ESA returns one row per pixel: (B, H*W, C)."
-            elif tuple(got.shape) == (b, h * w, cfg["heads"] * cfg["dim_head"]):
+            elif tuple(out.shape) == (b, h * w, cfg["heads"] * cfg["dim_head"]):
                 hint = "\n  Hint: that is heads*dim_head channels; apply the output projection self.to_out."
             raise CheckFailed(
-                f"your forward returned shape {tuple(got.shape)}, expected {tuple(expected.shape)} = "
+                f"your forward returned shape {tuple(out.shape)}, expected {tuple(expected.shape)} = "
                 f"(B, H*W, C)\n  on {case}{hint}"
             )
-        _compare(got, expected.detach(), "your forward", case, _esa_hint(got.detach(), ref, x.detach()))
-        if got.grad_fn is None:
+        _compare(out, expected.detach(), "your forward", case, _esa_hint(out, ref, x))
+        if not got.get("has_graph"):
             raise CheckFailed(
                 "your forward's output is cut off from autograd (did you use .detach(), .numpy(), .item() "
                 f"or torch.no_grad()?), so LDNet could not train it\n  on {case}"
             )
-        g = _random(expected.shape, gen)
-        with _student_code("backpropagating through your forward", case):
-            (got_dx, got_dw) = torch.autograd.grad(got, (x, mine.to_qkv.weight), g, allow_unused=True)
-        exp_dx, exp_dw = torch.autograd.grad(expected, (x, ref.to_qkv.weight), g)
-        for name, gg, ee in (("the input", got_dx, exp_dx), ("to_qkv.weight", got_dw, exp_dw)):
+        xr = x.clone().requires_grad_(True)
+        exp_dx, exp_dw = torch.autograd.grad(ref(xr), (xr, ref.to_qkv.weight), g)
+        for name, key, ee in (("the input", "dx", exp_dx), ("to_qkv.weight", "dw", exp_dw)):
+            gg = got.get(key)
             if gg is None:
                 raise CheckFailed(f"your forward does not use {name}: its gradient is missing\n  on {case}")
-            _compare(gg, ee, f"the gradient of your forward with respect to {name}", case)
+            _compare(_as_tensor(gg, "a gradient", case), ee, f"the gradient of your forward with respect to {name}", case)
     return _passed("check_esa", len(_ESA_CONFIGS), " (outputs and gradients)")
 
 
@@ -364,9 +394,9 @@ _OP_NAMES = {
 
 def _cost_cases(seed: int | None) -> tuple[dict, ...]:
     """The fixed cases, or as many random ones drawn from ``seed``."""
-    if seed is None:
+    if seed is None and not salt():
         return _COST_CASES
-    gen = torch.Generator().manual_seed(seed)
+    gen = _gen(seed or 0)
 
     def pick(*choices: object) -> Any:
         return choices[int(torch.randint(len(choices), (1,), generator=gen))]
@@ -403,7 +433,7 @@ def _check_flops(
         args = {k: v for k, v in cfg.items() if with_pooling or k != "pooling_sizes"}
         case = ", ".join(f"{k}={v}" for k, v in args.items())
         with _student_code(f"your {name}", case):
-            got = fn(**args)
+            got = ask(f"your {name}", fn, **args)
         if not isinstance(got, (int, float)) and not (isinstance(got, torch.Tensor) and got.numel() == 1):
             raise CheckFailed(f"your {name} should return a number, got {type(got).__name__}\n  on {case}")
         extra = dict(pooling_sizes=cfg["pooling_sizes"], impl="reference") if with_pooling else {}
@@ -456,7 +486,7 @@ def check_attention_bytes(fn: Callable[..., int], seed: int | None = None) -> Pa
             args = dict(batch=cfg["batch"], heads=cfg["heads"], n_queries=n_q, n_keys=n_k, bytes_per_element=size)
             case = f"{module_cls.__name__} with " + ", ".join(f"{k}={v}" for k, v in args.items())
             with _student_code("your attention_bytes", case):
-                got = fn(**args)
+                got = ask("your attention_bytes", fn, **args)
             expected = attention_matrix_bytes(module, x)
             if got != expected:
                 hint = ""
@@ -483,13 +513,14 @@ def check_pool_then_project(fn: Callable[..., torch.Tensor], seed: int = 0) -> P
     function may spend no more FLOPs than projecting the n_kv pooled tokens.
     """
     __tracebackhide__ = True
-    gen = torch.Generator().manual_seed(seed)
+    gen = _gen(seed)
     cases = (((2, 6, 9, 9), 4, (1, 3, 5)), ((1, 5, 7, 10), 8, (1, 2, 3, 6)), ((2, 3, 4, 4), 3, (2,)))
     for shape, out, sizes in cases:
         x, w = _random(shape, gen), _random((out, shape[1]), gen)
         case = f"x of shape {shape}, w of shape {(out, shape[1])}, pooling_sizes={sizes}"
         with _student_code("your pool_then_project", case), FlopCounterMode(display=False) as counter:
-            got = _as_tensor(fn(x.clone(), w.clone(), sizes), "your pool_then_project", case)
+            got = _as_tensor(ask("your pool_then_project", fn, x.clone(), w.clone(), sizes),
+                             "your pool_then_project", case)
         expected = PPM(sizes)(F.conv2d(x, w[:, :, None, None]))
         if got.shape != expected.shape:
             raise CheckFailed(
@@ -517,18 +548,19 @@ def check_fold_query(fn: Callable[..., torch.Tensor], seed: int = 0) -> Passed:
     ``x_pixel @ A`` gives every head's scores at once.
     """
     __tracebackhide__ = True
-    gen = torch.Generator().manual_seed(seed)
+    gen = _gen(seed)
     for i, cfg in enumerate(_ESA_CONFIGS):
         cfg = dict(cfg)
         shape = cfg.pop("shape")
-        with _seeded(seed + i):
+        with _seeded(seed + i + salt()):
             esa = ESA(**cfg)
         x = _random(shape, gen)
         w_q, w_k, _ = esa.to_qkv.weight.detach().flatten(1).chunk(3, dim=0)
         k = w_k @ esa.ppm(x)
         case = f"heads={cfg['heads']}, dim_head={cfg['dim_head']}, w_q {tuple(w_q.shape)}, k {tuple(k.shape)}"
         with _student_code("your fold_query", case):
-            got = _as_tensor(fn(w_q.clone(), k.clone(), cfg["heads"], esa.scale), "your fold_query", case)
+            got = ask("your fold_query", fn, w_q.clone(), k.clone(), cfg["heads"], esa.scale)
+            got = _as_tensor(got, "your fold_query", case)
         with torch.no_grad():
             expected, _ = esa.folded_weights(x)
         if got.shape != expected.shape:
@@ -562,9 +594,6 @@ def _ldnet_measurements(pooling_sizes: Sequence[int], width: int, image_size: in
     tokens per ESA layer, parameters, FLOPs of a forward pass, and the bytes of
     the attention matrices of all its ESA layers together.
     """
-    from .cost import count_flops
-    from .ldnet import LDNet
-
     with torch.device("meta"):
         model = LDNet(width=width, pooling_sizes=tuple(pooling_sizes), **LDNET_SIZES)
         x = torch.empty(1, 3, image_size, image_size)
@@ -601,14 +630,14 @@ def check_ldnet_measurements(fn: Callable[..., dict], seed: int | None = None) -
         "with a forward hook and add esa_tutorial.cost.attention_matrix_bytes(esa, its_input) over all of them.",
     }
     cases = _LDNET_CASES
-    if seed is not None:
-        gen = torch.Generator().manual_seed(seed)
+    if seed is not None or salt():
+        gen = _gen(seed or 0)
         options = list(itertools.product(((1, 3, 5), (1, 2, 3, 6), (2, 4), (1,)), (4, 8), (64, 96)))
         cases = tuple(options[int(i)] for i in torch.randperm(len(options), generator=gen)[:2])
     for sizes, width, image_size in cases:
         case = f"pooling_sizes={sizes}, width={width}, image_size={image_size}"
         with _student_code("your measure", case):
-            got = fn(sizes, width=width, image_size=image_size)
+            got = ask("your measure", fn, sizes, width=width, image_size=image_size)
         if not isinstance(got, dict):
             raise CheckFailed(f"your measure should return a dict with keys {_MEASURES}, got {type(got).__name__}")
         missing = [k for k in _MEASURES if k not in got]

@@ -1,0 +1,148 @@
+"""Release the exercise notebooks to students and grade what they hand back.
+
+    python -m esa_tutorial.course release OUT            # student versions into OUT/
+    python -m esa_tutorial.course grade SUBMISSIONS      # scores into SUBMISSIONS/grades.csv, and printed
+
+Each submission runs in a bubblewrap sandbox (read-only file system, a private
+folder, no network, its own processes, limits on time, memory, processes and
+file size); only its answer cells are taken, and the scores are decided in
+this process. Where bubblewrap cannot start, grading refuses unless
+--unsafe-no-sandbox is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from . import grading, sandbox
+from .release import AuthoringError, release
+from .source import default_source, exercise_paths
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number of seconds, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _writable_file(path: Path) -> str | None:
+    """Why ``path`` cannot be written as a file, or None."""
+    if path.is_dir():
+        return f"{path} is a folder; give a file name"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"the folder {parent} does not exist"
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as exc:
+        return f"cannot write in {parent}: {exc.strerror}"
+    return None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m esa_tutorial.course", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{release,grade}")
+    source_help = "the instructor's exercise notebooks (default: the ones installed with the package)"
+    rel = sub.add_parser("release", help="write the student versions of the exercises")
+    rel.add_argument("out", type=Path)
+    rel.add_argument("--source", type=Path, default=None, help=source_help)
+    rel.add_argument("--colab-prefix", default=None,
+                     help="Colab URL of the folder where you publish the student versions; the badges point "
+                     "there (default: keep the badge, which opens the book's own student version)")
+    gr = sub.add_parser("grade", help="grade every submitted notebook in a folder")
+    gr.add_argument("submissions", type=Path)
+    gr.add_argument("--source", type=Path, default=None, help=source_help)
+    gr.add_argument("--timeout", type=_positive_seconds, default=300.0,
+                    help="seconds for a whole notebook (default: %(default)s)")
+    gr.add_argument("--memory-mb", type=_positive_int, default=4096, help="address space per notebook (default: %(default)s)")
+    gr.add_argument("--jobs", type=_positive_int, default=2, help="notebooks graded at once (default: %(default)s)")
+    gr.add_argument("--csv", type=Path, default=None, help="where to write the scores (default: SUBMISSIONS/grades.csv)")
+    gr.add_argument("--unsafe-no-sandbox", action="store_true",
+                    help="run submissions without bubblewrap, with your permissions (only for code you trust)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        exercises = exercise_paths(args.source)
+    except FileNotFoundError as exc:
+        parser.error(str(exc))
+    source = exercises[0].parent
+    if args.cmd == "release":
+        if args.out.exists() and not args.out.is_dir():
+            parser.error(f"{args.out} exists and is not a folder")
+        try:
+            written = release(args.out, source, args.colab_prefix)
+        except AuthoringError as exc:
+            parser.error(f"cannot release: {exc}")
+        for path in written:
+            print(f"wrote {path}")
+        return 0
+
+    if not args.submissions.is_dir():
+        parser.error(f"{args.submissions} is not a folder")
+    out = args.csv or args.submissions / "grades.csv"
+    problem = _writable_file(out)
+    if problem:
+        parser.error(f"--csv: {problem}")
+    needed = [Path(sys.prefix).resolve(), Path(__file__).resolve().parents[1]]
+    for hidden in (args.submissions.resolve(), source.resolve()):
+        if any(hidden == p or hidden in p.parents for p in needed):
+            parser.error(f"{hidden} holds the Python environment or the package the grader runs; "
+                         "put the submissions and the instructor's notebooks in folders of their own")
+    if args.unsafe_no_sandbox:
+        drop = None
+        print("warning: --unsafe-no-sandbox: submissions run with your permissions and see your files",
+              file=sys.stderr)
+    else:
+        drop, note = sandbox.probe()
+        if drop is None:
+            parser.error(f"{note}. Grading runs students' code, so it refuses to run without a sandbox; "
+                         "pass --unsafe-no-sandbox only for code you trust")
+        print(f"grading in bubblewrap sandboxes: {note}", file=sys.stderr)
+    workdir = Path(tempfile.mkdtemp(prefix="esa-grade-"))
+    os.chmod(workdir, 0o711)  # the sandbox's user must reach its own folder in here, and list nothing
+    try:
+        setup = grading.Setup(
+            limits=sandbox.Limits(seconds=args.timeout, memory_mb=args.memory_mb),
+            hide=(args.submissions.resolve(), source.resolve(), out.resolve(), workdir),
+            workdir=workdir, drop=None if drop is None else tuple(drop),
+        )
+        try:
+            grades = grading.grade(args.submissions, source, setup, args.jobs)
+        except (grading.AuthoringError, AuthoringError) as exc:
+            parser.error(f"cannot grade with these notebooks: {exc}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    for g in grades:
+        print(g.summary())
+    grading.write_csv(grades, out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
