@@ -10,7 +10,7 @@ from einops import rearrange
 from torch import nn
 
 from esa_tutorial import PPM, num_tokens
-from esa_tutorial.checks import (
+from esa_tutorial.course.checks import (
     CheckFailed,
     Passed,
     check_adaptive_bins,
@@ -281,7 +281,7 @@ def test_esa_constructor_with_wrong_signature():
         def __init__(self, dim, heads=8, dim_head=64):
             super().__init__(dim, heads, dim_head)
 
-    with pytest.raises(CheckFailed, match=r"(?s)creating your module raised TypeError: .*pooling_sizes"):
+    with pytest.raises(CheckFailed, match=r"(?s)your module raised TypeError: .*pooling_sizes"):
         check_esa(NoPooling)
 
 

@@ -1,0 +1,197 @@
+"""Grading in bubblewrap sandboxes: honest scores for real and hostile submissions (fuzz report A1-A6).
+
+Two grading passes share the cost of starting sandboxed kernels: one over the
+solutions, the released stubs, a wrong answer and the hostile notebooks of
+``tests/hostile/`` (A1-A5), one with a 10 s limit for the slow notebook (A6).
+Each hostile notebook answers nothing, so its honest score is zero; the tests
+also check that nothing outside its sandbox changed. The option checks (A6)
+need no kernel.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from esa_tutorial.course import grading, sandbox
+from esa_tutorial.course.__main__ import main
+from esa_tutorial.course.source import default_source, exercise_paths
+
+HOSTILE = Path(__file__).parent / "hostile"
+SOURCE = default_source()
+SOURCES = exercise_paths()
+
+WRONG_PPM = """
+def my_ppm(x, pooling_sizes=(1, 3, 5)):
+    # column-major tokens: a classic mistake
+    return torch.cat([torch.nn.functional.adaptive_avg_pool2d(x, s).transpose(-1, -2).flatten(2)
+                      for s in pooling_sizes], dim=-1)
+"""
+needs_bwrap = pytest.mark.skipif(sandbox.probe()[0] is None, reason=f"no sandbox here: {sandbox.probe()[1]}")
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return {(r["student"], r["notebook"]): r for r in csv.DictReader(f)}
+
+
+def _hostile(name: str, subs: Path, **paths: str) -> None:
+    text = (HOSTILE / f"{name}.ipynb").read_text()
+    for key, value in paths.items():
+        text = text.replace("{%s!r}" % key, repr(value).replace('"', '\\"'))
+    (subs / name).mkdir()
+    (subs / name / "ex1_ppm.ipynb").write_text(text)
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    """One grading run (two at a time) over honest and hostile submissions; the files before and after."""
+    subs = tmp_path_factory.mktemp("submissions")
+    released = tmp_path_factory.mktemp("released")
+    assert main(["release", str(released)]) == 0
+    for path in SOURCES:
+        (subs / "solution").mkdir(exist_ok=True)
+        shutil.copy(path, subs / "solution" / path.name)
+        (subs / "stub").mkdir(exist_ok=True)
+        shutil.copy(released / path.name, subs / "stub" / path.name)
+    wrong = nbformat.read(SOURCES[0], as_version=4)
+    for c in wrong.cells:
+        if c.metadata.get("nbgrader", {}).get("grade_id") == "ppm_solution":
+            c.source = WRONG_PPM
+    (subs / "wrong").mkdir()
+    nbformat.write(wrong, subs / "wrong" / "ex1_ppm.ipynb")
+    victim = subs / "solution" / "ex1_ppm.ipynb"
+    csv_path = subs / "grades.csv"
+    csv_path.write_text("an earlier run's grades\n")
+    paths = dict(victim=str(victim), source=str(SOURCE), csv=str(csv_path))
+    for name in ("a1_points", "a2_monkeypatch", "a3_read_sources", "a4_write_outside", "a5_kill_and_hold"):
+        _hostile(name, subs, **paths)
+    before = {p: _md5(p) for p in [*SOURCES, *subs.rglob("*.ipynb")]}
+    start = time.monotonic()
+    assert main(["grade", str(subs), "--timeout", "300", "--jobs", "2"]) == 0
+    seconds = time.monotonic() - start
+    after_run = csv_path.read_text()
+    time.sleep(25)  # longer than A4's daemon waits before it rewrites the grades
+    return dict(rows=_rows(csv_path), before=before, csv=csv_path, after_run=after_run, seconds=seconds)
+
+
+@needs_bwrap
+def test_solutions_get_full_marks_and_stubs_zero(graded):
+    rows = graded["rows"]
+    for path in SOURCES:
+        full, stub = rows[("solution", path.name)], rows[("stub", path.name)]
+        assert full["score"] == full["max_score"] != "0", (path.name, full["feedback"])
+        assert stub["score"] == "0", (path.name, stub["feedback"])
+        assert "not implemented yet" in stub["feedback"]
+
+
+@needs_bwrap
+def test_wrong_answer_gets_the_checks_hint_and_only_the_other_points(graded):
+    row = graded["rows"][("wrong", "ex1_ppm.ipynb")]
+    assert row["score"] == "2" and row["max_score"] == "7"
+    assert "ppm_check (0/3)" in row["feedback"] and "column-major" in row["feedback"]
+
+
+@needs_bwrap
+@pytest.mark.parametrize("name", ["a1_points", "a2_monkeypatch", "a3_read_sources", "a4_write_outside",
+                                  "a5_kill_and_hold"])
+def test_a_hostile_notebook_scores_zero_out_of_the_instructors_points(graded, name):
+    row = graded["rows"][(name, "ex1_ppm.ipynb")]
+    assert (row["score"], row["max_score"]) == ("0", "7"), row
+
+
+@needs_bwrap
+def test_a4_nothing_outside_the_sandbox_changed(graded):
+    changed = [str(p) for p, md5 in graded["before"].items() if _md5(p) != md5]
+    assert changed == []
+    assert graded["csv"].read_text() == graded["after_run"]  # the daemon's later rewrite never came
+    assert "sabotaged" not in graded["after_run"] and "1000" not in graded["after_run"]
+
+
+@needs_bwrap
+def test_a5_grading_went_on_after_the_killer_and_was_not_held_by_its_pipes(graded):
+    rows = graded["rows"]
+    assert len(rows) == 2 * len(SOURCES) + 1 + 5  # every submission has a row
+    assert graded["seconds"] < 600  # the holder sleeps 600 s
+
+
+@needs_bwrap
+def test_a6_the_time_limit_holds_for_the_whole_notebook(tmp_path):
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    _hostile("a6_slow", subs)
+    start = time.monotonic()
+    assert main(["grade", str(subs), "--timeout", "10", "--jobs", "1"]) == 0
+    elapsed = time.monotonic() - start
+    row = _rows(subs / "grades.csv")[("a6_slow", "ex1_ppm.ipynb")]
+    assert row["status"] == "timeout" and row["score"] == "0"
+    assert float(row["seconds"]) < 15 and elapsed < 30  # the notebook wanted 36 s
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "abc"])
+def test_a6_timeout_must_be_a_positive_finite_number(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["grade", str(tmp_path), "--timeout", value])
+    assert exit_.value.code == 2
+    assert "positive finite number of seconds" in capsys.readouterr().err or value == "abc"
+
+
+@pytest.mark.parametrize("csv_name, message", [("missing/grades.csv", "does not exist"), (".", "is a folder")])
+def test_the_csv_path_is_checked_before_grading(csv_name, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["grade", str(tmp_path), "--csv", str(tmp_path / csv_name)])
+    assert message in capsys.readouterr().err
+
+
+def test_without_bubblewrap_the_grader_refuses_and_says_why(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap on the PATH
+    with pytest.raises(SystemExit):
+        main(["grade", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "bwrap not found" in err and "--unsafe-no-sandbox" in err
+
+
+def test_a_missing_source_folder_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["release", str(tmp_path / "out"), "--source", str(tmp_path / "nowhere")])
+    assert "no exercise notebooks" in capsys.readouterr().err
+
+
+def test_answers_are_taken_by_grade_id_only_from_solution_cells():
+    source = nbformat.read(SOURCES[0], as_version=4)
+    sub = nbformat.read(HOSTILE / "a1_points.ipynb", as_version=4)
+    given = grading.answers(sub, source)
+    assert set(given) == {"bins_solution", "ppm_solution"}  # the forged "bins_check" is not an answer
+    planned = grading.plan(source, given, salt=1)["cells"]
+    tests = [c for c in planned if c["kind"] == "test"]
+    assert [c["id"] for c in tests] == ["bins_check", "ppm_check", "ppm_hidden"]
+    assert all("check_" in c["source"] for c in tests)  # the instructor's test cells, hidden tests included
+    assert grading.max_score(source) == 7
+
+
+def test_a_test_cell_that_is_not_a_check_call_is_refused():
+    source = nbformat.read(SOURCES[0], as_version=4)
+    for c in source.cells:
+        if c.metadata.get("nbgrader", {}).get("grade_id") == "bins_check":
+            c.source = "assert my_bins(4, 2) == [(0, 2), (2, 4)]"
+    with pytest.raises(grading.AuthoringError, match="not a call of a check"):
+        grading.validate_tests(source, "ex1_ppm.ipynb")
+
+
+def test_a_forged_tape_is_read_as_no_answer(tmp_path):
+    (tmp_path / "pickle.pt").write_bytes(b"\x80\x04cos\nsystem\n.")
+    os.symlink("/etc/passwd", tmp_path / "link.pt")
+    os.mkfifo(tmp_path / "fifo.pt")
+    for name in ("pickle.pt", "link.pt", "fifo.pt", "absent.pt"):
+        assert grading.read_tape(tmp_path / name) == []
