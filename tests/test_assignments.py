@@ -1,9 +1,6 @@
-"""Release and grading of the exercise notebooks.
+"""Release of the exercise notebooks, the student versions kept in the repository, and reading submissions.
 
-The first half needs no kernel: what ``release`` writes and how submissions are
-read and prepared. The second half grades real notebooks in two passes (one
-with a long time limit, one with a short limit for the infinite loop) and
-asserts on the CSV that ``python -m esa_tutorial.assignments grade`` writes.
+No kernel runs here; grading itself is tested in ``tests/test_course_grading.py``.
 """
 
 from __future__ import annotations
@@ -11,16 +8,21 @@ from __future__ import annotations
 import csv
 import json
 import re
-import shutil
+import types
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from esa_tutorial import assignments as A
+from esa_tutorial.course import grading, release, source
+from esa_tutorial.course.__main__ import main
 
+A = types.SimpleNamespace(**{**vars(release), **vars(grading), **vars(source), "main": main})
+ROOT = Path(__file__).resolve().parents[1]
 SOURCES = A.exercise_paths()
-EX1 = A.EXERCISES / "ex1_ppm.ipynb"
+EXERCISES = SOURCES[0].parent
+STUDENT = EXERCISES / "student"
+EX1 = EXERCISES / "ex1_ppm.ipynb"
 
 
 def read(path: Path) -> nbformat.NotebookNode:
@@ -50,7 +52,7 @@ def test_there_are_five_exercises_each_with_tests_hidden_tests_and_solutions():
 
 
 def test_instructors_page_states_the_points_the_notebooks_give():
-    page = (A.ROOT / "book" / "instructors.md").read_text()
+    page = (ROOT / "book" / "instructors.md").read_text()
     for path in SOURCES:
         nb = read(path)
         row = re.search(rf"exercises/{path.stem}` \| [^|]+ \| (\d+) \((\d+) hidden\) \| (\d+) \|", page)
@@ -145,34 +147,30 @@ def test_not_json_is_malformed(tmp_path):
         A.read_submission(bad)
 
 
-def test_prepare_puts_back_hidden_tests_and_undoes_edited_tests():
+def test_only_answers_are_taken_the_tests_and_points_stay_the_instructors():
     source = read(EX1)
     student = A.release_notebook(source)
     cell(student, "ppm_check").source = "pass  # I made the test pass"
-    prepared = A.prepare(student, source)
-    assert cell(prepared, "ppm_check").source == cell(source, "ppm_check").source
-    assert A.BEGIN_HIDDEN in cell(prepared, "ppm_hidden").source
-    assert "raise NotImplementedError()" in cell(prepared, "ppm_solution").source  # the student's answer stays
-
-
-def test_prepare_gives_no_points_to_added_or_copied_test_cells():
-    source = read(EX1)
-    student = A.release_notebook(source)
+    cell(student, "ppm_solution").source = "my answer"
     copy = nbformat.from_dict(json.loads(json.dumps(cell(student, "ppm_check"))))
     fake = nbformat.v4.new_code_cell("pass")
     fake.metadata["nbgrader"] = {"grade": True, "solution": False, "grade_id": "free_points", "points": 100}
     student.cells += [copy, fake]
-    prepared = A.prepare(student, source)
-    assert A.max_score(prepared) == A.max_score(source)
-    assert [A.grade_id(c) for c in prepared.cells].count("ppm_check") == 1
+    given = A.answers(student, source)
+    assert given["ppm_solution"] == "my answer" and "ppm_check" not in given and "free_points" not in given
+    cells = {c["id"]: c for c in A.plan(source, given, salt=3)["cells"] if c["id"]}
+    assert cells["ppm_check"]["source"] == cell(source, "ppm_check").source
+    assert A.BEGIN_HIDDEN in cells["ppm_hidden"]["source"]
+    assert cells["ppm_solution"]["source"] == "my answer"
+    assert "free_points" not in cells
 
 
-def test_prepare_rejects_missing_cells():
+def test_a_missing_answer_runs_as_the_stub():
     source = read(EX1)
     student = A.release_notebook(source)
-    student.cells = [c for c in student.cells if A.grade_id(c) != "ppm_check"]
-    with pytest.raises(A.Malformed, match=r"cells \['ppm_check'\] of the assignment are missing"):
-        A.prepare(student, source)
+    student.cells = [c for c in student.cells if A.grade_id(c) != "bins_solution"]
+    cells = {c["id"]: c for c in A.plan(source, A.answers(student, source), salt=3)["cells"] if c["id"]}
+    assert "raise NotImplementedError()" in cells["bins_solution"]["source"]
 
 
 def test_submissions_are_named_by_folder_or_file(tmp_path):
@@ -182,115 +180,3 @@ def test_submissions_are_named_by_folder_or_file(tmp_path):
         (tmp_path / rel).write_text("{}")
     found = {(s, e.stem if e else None) for _, s, e in A.find_submissions(tmp_path, SOURCES)}
     assert found == {("alice", "ex1_ppm"), ("bob", "ex2_esa_forward"), ("carol", "ex1_ppm"), ("erin", None)}
-
-
-# ----------------------------------------------------------------- grading real notebooks
-
-
-def _write(nb: nbformat.NotebookNode, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
-
-
-def _with(gid: str, source: str) -> nbformat.NotebookNode:
-    nb = read(EX1)
-    cell(nb, gid).source = source
-    return nb
-
-
-WRONG_PPM = """
-def my_ppm(x, pooling_sizes=(1, 3, 5)):
-    # column-major tokens: a classic mistake
-    return torch.cat([torch.nn.functional.adaptive_avg_pool2d(x, s).transpose(-1, -2).flatten(2)
-                      for s in pooling_sizes], dim=-1)
-"""
-LOOPING_BINS = """
-def my_bins(length, bins):
-    while True:
-        pass
-"""
-
-
-def _rows(csv_path: Path) -> dict[tuple[str, str], dict[str, str]]:
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    assert rows and list(rows[0]) == list(A.CSV_COLUMNS)
-    return {(r["student"], r["notebook"]): r for r in rows}
-
-
-@pytest.fixture(scope="module")
-def graded(released, tmp_path_factory) -> dict[tuple[str, str], dict[str, str]]:
-    """One grading pass over solutions, released notebooks and broken submissions."""
-    subs = tmp_path_factory.mktemp("submissions")
-    (subs / "solution").mkdir()
-    for path in SOURCES:
-        shutil.copy(path, subs / "solution" / path.name)
-    shutil.copytree(released, subs / "released")
-    _write(_with("ppm_solution", WRONG_PPM), subs / "wrong" / "ex1_ppm.ipynb")
-    _write(_with("bins_solution", "raise RuntimeError('I broke my notebook')"), subs / "broken" / "ex1_ppm.ipynb")
-    (subs / "notjson").mkdir()
-    (subs / "notjson" / "ex1_ppm.ipynb").write_text("{this is not json")
-    missing = read(EX1)
-    missing.cells = [c for c in missing.cells if A.grade_id(c) != "ppm_check"]
-    _write(missing, subs / "missing" / "ex1_ppm.ipynb")
-    _write(read(EX1), subs / "stranger" / "homework.ipynb")
-    out = subs / "grades.csv"
-    assert A.main(["grade", str(subs), "--timeout", "600", "--jobs", "3", "--csv", str(out)]) == 0
-    return _rows(out)
-
-
-def test_solutions_score_full_marks(graded):
-    for path in SOURCES:
-        row = graded[("solution", path.name)]
-        assert row["status"] == "graded" and row["reason"] == "", row
-        assert float(row["score"]) == float(row["max_score"]) == A.max_score(read(path)) > 0, row
-        assert "written answer" in row["feedback"]  # written answers are left to the teacher
-
-
-def test_released_notebooks_fail_every_check_with_the_stub_message(graded):
-    for path in SOURCES:
-        row = graded[("released", path.name)]
-        assert row["status"] == "graded" and float(row["score"]) == 0, row
-        tests = [line for line in row["feedback"].splitlines() if line.split(" ")[0] in
-                 {A.grade_id(c) for c in read(path).cells if A.is_test(c)}]
-        assert len(tests) == sum(A.is_test(c) for c in read(path).cells)
-        for line in tests:
-            assert "CheckFailed" in line and "not implemented yet" in line, line
-
-
-def test_wrong_answer_gets_partial_marks_and_the_hint(graded):
-    row = graded[("wrong", "ex1_ppm.ipynb")]
-    assert (row["status"], row["score"], row["max_score"]) == ("graded", "2", "7")
-    feedback = row["feedback"]
-    assert "bins_check (2/2): passed" in feedback
-    assert "ppm_check (0/3): CheckFailed" in feedback and "column-major" in feedback
-    assert "ppm_hidden (0/2)" in feedback
-
-
-def test_code_that_raises_scores_zero_with_the_reason(graded):
-    row = graded[("broken", "ex1_ppm.ipynb")]
-    assert (row["status"], row["score"]) == ("graded", "0")
-    assert row["reason"] == "your code raised an error in bins_solution: RuntimeError: I broke my notebook"
-    assert "NameError" in row["feedback"]
-
-
-def test_malformed_and_unknown_submissions_score_zero_with_a_reason(graded):
-    row = graded[("notjson", "ex1_ppm.ipynb")]
-    assert (row["status"], row["score"], row["max_score"]) == ("malformed", "0", "7")
-    assert "not valid JSON" in row["reason"]
-    row = graded[("missing", "ex1_ppm.ipynb")]
-    assert row["status"] == "malformed" and "['ppm_check']" in row["reason"]
-    row = graded[("stranger", "homework.ipynb")]
-    assert row["status"] == "unknown" and "not one of the exercises" in row["reason"]
-
-
-def test_infinite_loop_times_out_and_grading_goes_on(tmp_path):
-    _write(_with("bins_solution", LOOPING_BINS), tmp_path / "a_looping" / "ex1_ppm.ipynb")
-    (tmp_path / "b_after").mkdir()
-    (tmp_path / "b_after" / "ex1_ppm.ipynb").write_text("")
-    assert A.main(["grade", str(tmp_path), "--timeout", "5", "--jobs", "1"]) == 0
-    rows = _rows(tmp_path / "grades.csv")
-    loop = rows[("a_looping", "ex1_ppm.ipynb")]
-    assert (loop["status"], loop["score"]) == ("timeout", "0")
-    assert loop["reason"] == "the notebook did not finish within 5 s (an infinite loop?)"
-    assert rows[("b_after", "ex1_ppm.ipynb")]["status"] == "malformed"

@@ -27,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..attention import MHSA
+from .. import LCA
 from ..cost import attention_matrix_bytes, count_flops, flops_by_operator
 from ..esa import ESA
 from ..ldnet import LDNet
@@ -41,6 +42,8 @@ __all__ = [
     "check_esa",
     "check_esa_flops",
     "check_fold_query",
+    "check_lca_shortcut",
+    "check_lca_zero_gradients",
     "check_ldnet_measurements",
     "check_mhsa_flops",
     "check_pool_then_project",
@@ -305,7 +308,12 @@ def _run_esa(cls: Callable[..., nn.Module], cfg: dict, state: dict, x: torch.Ten
     ``to_qkv.weight`` (None where missing), or ``load_error`` with the
     module's own parameter shapes when ESA's weights do not fit.
     """
-    mine = cls(**cfg)
+    try:
+        mine = cls(**cfg)
+    except NotImplementedError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- named by the check
+        return {"create_error": f"{type(exc).__name__}: {exc}"}
     try:
         mine.load_state_dict(state)
     except Exception:  # noqa: BLE001 -- report the names, not torch's message
@@ -314,7 +322,10 @@ def _run_esa(cls: Callable[..., nn.Module], cfg: dict, state: dict, x: torch.Ten
     out = mine(x)
     result = {"out": out, "has_graph": isinstance(out, torch.Tensor) and out.grad_fn is not None}
     if result["has_graph"] and out.shape == g.shape:
-        dx, dw = torch.autograd.grad(out, (x, mine.to_qkv.weight), g, allow_unused=True)
+        try:
+            dx, dw = torch.autograd.grad(out, (x, mine.to_qkv.weight), g, allow_unused=True)
+        except Exception as exc:  # noqa: BLE001 -- named by the check
+            return {**result, "backward_error": f"{type(exc).__name__}: {exc}"}
         result.update(dx=dx, dw=dw)
     else:
         result.update(dx=torch.zeros(()), dw=torch.zeros(()))  # judged by shape or graph first
@@ -342,8 +353,12 @@ def check_esa(cls: Callable[..., nn.Module], seed: int = 0) -> Passed:
         x = _random(shape, gen)
         expected = ref(x.detach().requires_grad_(True))
         g = _random(expected.shape, gen)
-        with _student_code("your module", case):
+        with _student_code("your forward", case):
             got = ask("your module", _run_esa, cls, cfg, ref.state_dict(), x, g)
+        if not isinstance(got, dict):
+            raise CheckFailed(f"no answer from your module\n  on {case}")
+        if got.get("create_error"):
+            raise CheckFailed(f"creating your module raised {got['create_error']}\n  on {case}")
         if got.get("load_error"):
             ours = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
             raise CheckFailed(
@@ -368,6 +383,8 @@ def check_esa(cls: Callable[..., nn.Module], seed: int = 0) -> Passed:
                 "your forward's output is cut off from autograd (did you use .detach(), .numpy(), .item() "
                 f"or torch.no_grad()?), so LDNet could not train it\n  on {case}"
             )
+        if got.get("backward_error"):
+            raise CheckFailed(f"backpropagating through your forward raised {got['backward_error']}\n  on {case}")
         xr = x.clone().requires_grad_(True)
         exp_dx, exp_dw = torch.autograd.grad(ref(xr), (xr, ref.to_qkv.weight), g)
         for name, key, ee in (("the input", "dx", exp_dx), ("to_qkv.weight", "dw", exp_dw)):
@@ -653,3 +670,95 @@ def check_ldnet_measurements(fn: Callable[..., dict], seed: int | None = None) -
                     f"  Hint: {hints[key]}"
                 )
     return _passed("check_ldnet_measurements", len(cases))
+
+
+# --------------------------------------------------------------------------- exercise 6: LCA's broadcast
+
+_LCA_CONFIGS = (
+    dict(dim=8, heads=2, dim_head=4, shape=(2, 8, 5, 7)),
+    dict(dim=6, heads=3, dim_head=5, shape=(1, 6, 4, 4)),
+    dict(dim=16, heads=4, dim_head=8, shape=(2, 16, 3, 9)),
+)
+_QKV = ("q", "k", "v")
+
+
+def _lca_gradients(lca: LCA, x: torch.Tensor, mask_logits: torch.Tensor, g: torch.Tensor) -> dict[str, float]:
+    """Largest |gradient| of the loss <LCA(x), g> in the q, k and v rows of ``to_qkv.weight``."""
+    lca.zero_grad()
+    (lca(x, mask_logits) * g).sum().backward()
+    grads = lca.to_qkv.weight.grad.flatten(1).chunk(3, dim=0)
+    return {name: float(part.abs().max()) for name, part in zip(_QKV, grads)}
+
+
+@_keeps_rng
+def check_lca_zero_gradients(prediction: object, seed: int = 0) -> Passed:
+    """Check a prediction: which of the query, key and value weights of LCA get exactly zero gradient.
+
+    ``prediction`` is a set of names out of ``{"q", "k", "v"}``; it is compared
+    with the gradients measured on random inputs, weights and masks.
+    """
+    __tracebackhide__ = True
+    with _student_code("your prediction", "the prediction cell"):
+        got = ask("your prediction", lambda: prediction)
+    try:
+        names = {str(n) for n in got}
+    except TypeError:
+        raise CheckFailed(f"write your prediction as a set of names, e.g. {{'v'}}, got {got!r}") from None
+    if not names <= set(_QKV):
+        raise CheckFailed(f"the names are 'q', 'k' and 'v' (the three blocks of to_qkv.weight), got {sorted(names)}")
+    gen = _gen(seed)
+    measured: dict[str, float] = {}
+    for i, cfg in enumerate(_LCA_CONFIGS):
+        cfg = dict(cfg)
+        shape = cfg.pop("shape")
+        with _seeded(seed + i + salt()):
+            lca = LCA(**cfg)
+        x, mask = _random(shape, gen), _random((shape[0], 1, *shape[2:]), gen)
+        for name, value in _lca_gradients(lca, x, mask, _random((shape[0], shape[2] * shape[3], shape[1]), gen)).items():
+            measured[name] = max(measured.get(name, 0.0), value)
+    zero = {n for n, v in measured.items() if v == 0.0}
+    if names != zero:
+        table = ", ".join(f"{n}: {measured[n]:.3g}" for n in _QKV)
+        raise CheckFailed(
+            f"you predicted zero gradients for {sorted(names)}, but the measured largest |gradient| is {table}\n"
+            "  Hint: the softmax of a row with one entry is 1 whatever the score; what does the score depend on?"
+        )
+    return _passed("check_lca_zero_gradients", len(_LCA_CONFIGS), f" (zero: {sorted(zero)})")
+
+
+@_keeps_rng
+def check_lca_shortcut(fn: Callable[..., torch.Tensor], seed: int = 0) -> Passed:
+    """Check ``fn(x, mask_logits, w_v, w_out, b_out)`` -> (B, H*W, C) against :class:`~esa_tutorial.LCA`.
+
+    ``w_v`` (heads*dim_head, C) are LCA's value weights, ``w_out`` (C, heads*dim_head)
+    and ``b_out`` (C,) its output projection. The function must compute LCA's
+    output without queries, keys or a softmax.
+    """
+    __tracebackhide__ = True
+    gen = _gen(seed)
+    for i, cfg in enumerate(_LCA_CONFIGS):
+        cfg = dict(cfg)
+        shape = cfg.pop("shape")
+        with _seeded(seed + i + salt()):
+            lca = LCA(**cfg)
+        x, mask = _random(shape, gen), _random((shape[0], 1, *shape[2:]), gen)
+        w_v = lca.to_qkv.weight.detach().flatten(1).chunk(3, dim=0)[2]
+        linear = lca.to_out[0]
+        case = f"LCA(dim={cfg['dim']}, heads={cfg['heads']}, dim_head={cfg['dim_head']}) on x of shape {shape}"
+        with _student_code("your lca_shortcut", case), _OpRecorder() as rec:
+            got = ask("your lca_shortcut", fn, x.clone(), mask.clone(), w_v.clone(),
+                      linear.weight.detach().clone(), linear.bias.detach().clone())
+        got = _as_tensor(got, "your lca_shortcut", case)
+        with torch.no_grad():
+            expected = lca(x, mask)
+        if got.shape != expected.shape:
+            raise CheckFailed(
+                f"your lca_shortcut returned shape {tuple(got.shape)}, expected {tuple(expected.shape)} "
+                f"= (B, H*W, C)\n  on {case}"
+            )
+        _compare(got, expected, "your lca_shortcut", case,
+                 "pool x with sigmoid(mask_logits) as weights (sum(x*m) / (sum(m) + 5e-4)), project the pooled "
+                 "token with w_v, then with w_out and b_out, and give that row to every pixel.")
+        if rec.ops & {"softmax", "_softmax"}:
+            raise CheckFailed("your lca_shortcut is right but calls softmax; the point is that it is not needed.")
+    return _passed("check_lca_shortcut", len(_LCA_CONFIGS))
