@@ -37,9 +37,10 @@ def cell(nb: nbformat.NotebookNode, gid: str) -> nbformat.NotebookNode:
 # ----------------------------------------------------------------- release (no kernel)
 
 
-def test_there_are_five_exercises_each_with_tests_hidden_tests_and_solutions():
+def test_there_are_six_exercises_each_with_tests_hidden_tests_and_solutions():
     assert [p.stem for p in SOURCES] == [
         "ex1_ppm", "ex2_esa_forward", "ex3_cost_by_hand", "ex4_folding_step", "ex5_ldnet_experiment",
+        "ex6_lca_broadcast",
     ]
     for path in SOURCES:
         nb = read(path)
@@ -62,21 +63,33 @@ def test_instructors_page_states_the_points_the_notebooks_give():
         assert tuple(map(int, row.groups())) == (A.max_score(nb), hidden, written), path.stem
 
 
-@pytest.fixture(scope="module")
-def released(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("released")
-    assert A.main(["release", str(out)]) == 0
-    return out
+def test_the_student_versions_in_the_repository_are_the_release_of_the_sources():
+    """notebooks/exercises/student/ is what `release` writes; regenerate it after editing an exercise:
+    python -m esa_tutorial.course release notebooks/exercises/student"""
+    assert sorted(p.name for p in STUDENT.glob("*.ipynb")) == [p.name for p in SOURCES]
+    for path in SOURCES:
+        expected = nbformat.writes(A.release_notebook(read(path), path.name, None, ".."))
+        assert (STUDENT / path.name).read_text() == expected + "\n" or \
+            nbformat.writes(read(STUDENT / path.name)) == expected, (
+            f"{path.name}: the student version is stale; run "
+            "python -m esa_tutorial.course release notebooks/exercises/student")
 
 
-def test_release_stubs_solutions_removes_hidden_tests_and_outputs(released):
+def test_every_exercise_badge_opens_the_student_version():
+    for path in SOURCES:
+        for nb in (read(path), read(STUDENT / path.name)):
+            links = A.COLAB_BADGE.findall(nb.cells[0].source)
+            assert links and all(link.endswith(f"/notebooks/exercises/student/{path.name}") for link in links)
+
+
+def test_student_versions_stub_solutions_remove_hidden_tests_and_outputs():
     for source_path in SOURCES:
-        source, student = read(source_path), read(released / source_path.name)
+        source, student = read(source_path), read(STUDENT / source_path.name)
         assert [A.grade_id(c) for c in source.cells] == [A.grade_id(c) for c in student.cells]
         text = "\n".join(c.source for c in student.cells)
         for marker in (A.BEGIN_SOLUTION, A.END_SOLUTION, A.BEGIN_HIDDEN, A.END_HIDDEN):
             assert marker not in text, (source_path.name, marker)
-        assert "colab.research.google.com/github" not in text  # the badge would open the solutions
+        assert "<summary>Solution</summary>" not in text
         for src, stu in zip(source.cells, student.cells):
             if stu.cell_type == "code":
                 assert stu.outputs == [] and stu.execution_count is None
@@ -89,8 +102,25 @@ def test_release_stubs_solutions_removes_hidden_tests_and_outputs(released):
                 assert stu.source == A.ANSWER_STUB
             elif A.BEGIN_HIDDEN in src.source:
                 assert stu.source == A.HIDDEN_NOTE
-            else:
-                assert stu.source == A.COLAB_BADGE.sub("", src.source).rstrip()
+            elif src.cell_type == "code":
+                assert stu.source == src.source
+
+
+def test_student_versions_keep_their_links_working_from_their_folder():
+    for path in STUDENT.glob("*.ipynb"):
+        for c in read(path).cells:
+            for target in A.RELATIVE_LINK.findall(c.source) if c.cell_type == "markdown" else []:
+                assert (STUDENT / target).resolve().exists(), (path.name, target)
+
+
+def test_written_solutions_are_html_details_that_colab_renders():
+    for path in SOURCES:
+        for c in read(path).cells:
+            if c.cell_type == "markdown":
+                assert ":::" not in c.source and "{doc}" not in c.source and "{cite}" not in c.source, path.name
+            if c.cell_type == "markdown" and A.is_solution(c):
+                assert c.source.startswith("<details>\n<summary>Solution</summary>\n\n"), (path.name, A.grade_id(c))
+                assert c.source.rstrip().endswith("</details>")
 
 
 def test_release_keeps_the_indent_of_the_solution():
@@ -101,7 +131,7 @@ def test_release_keeps_the_indent_of_the_solution():
 
 def test_release_with_colab_prefix_points_the_badge_at_the_course_copy(tmp_path):
     prefix = "https://colab.research.google.com/github/course/repo/blob/main/hw"
-    A.release(tmp_path, colab_prefix=prefix)
+    A.release(tmp_path, EXERCISES, colab_prefix=prefix)
     assert f"]({prefix}/ex2_esa_forward.ipynb)" in read(tmp_path / "ex2_esa_forward.ipynb").cells[0].source
 
 

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             grades = grading.grade(args.submissions, source, setup, args.jobs)
-        except (grading.AuthoringError, AuthoringError) as exc:
+        except AuthoringError as exc:
             parser.error(f"cannot grade with these notebooks: {exc}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

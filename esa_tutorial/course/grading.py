@@ -38,7 +38,7 @@ from typing import Any
 import nbformat
 
 from . import checks, sandbox, tape
-from .release import CODE_STUB, grade_id, is_solution, is_test, nbgrader_meta
+from .release import CODE_STUB, AuthoringError, grade_id, is_solution, is_test, nbgrader_meta
 from .source import exercise_paths
 
 CSV_COLUMNS = ("student", "notebook", "score", "max_score", "status", "reason", "feedback", "seconds")
@@ -48,10 +48,6 @@ CHECKS = {name: getattr(checks, name) for name in checks.__all__}
 
 class Malformed(ValueError):
     """A submission that cannot be graded; the message is the reason given to the student."""
-
-
-class AuthoringError(ValueError):
-    """An instructor's test cell the grader cannot replay (it must only call checks)."""
 
 
 @dataclass

@@ -12,13 +12,15 @@ conventions, so a course can also hand them to nbgrader unchanged:
   removed from the student version.
 
 ``release`` replaces every solution by ``raise NotImplementedError()`` (a
-written answer by ``YOUR ANSWER HERE``), drops hidden tests, clears outputs
-and points the "Open in Colab" badge at the student version itself.
+written answer by ``YOUR ANSWER HERE``), drops hidden tests and clears outputs.
+The "Open in Colab" badge of the book's exercises already opens the student
+version kept in ``notebooks/exercises/student``, which ``release`` writes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Iterable
@@ -114,25 +116,35 @@ def release_cell(cell: nbformat.NotebookNode, where: str) -> nbformat.NotebookNo
 
 
 COLAB_BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\(([^)]*)\)")
+RELATIVE_LINK = re.compile(r"\]\((?![a-z][a-z0-9+.-]*:|#|/)([^)\s]+)\)")
 
 
 def retarget_badge(nb: nbformat.NotebookNode, name: str, colab_prefix: str | None) -> None:
-    """Point the "Open in Colab" badge at ``colab_prefix/name``, or drop it without a prefix.
+    """Point the "Open in Colab" badge at ``colab_prefix/name``; without a prefix keep it.
 
-    The badge of the source notebook opens the solution version; a student's
-    copy must open the course's own copy of the student version instead.
+    The book's exercise notebooks already point their badge at the book's own
+    student version; a course that publishes its copies elsewhere passes that
+    folder's Colab address.
     """
+    if not colab_prefix:
+        return
+    url = f"{colab_prefix.rstrip('/')}/{name}"
     for cell in nb.cells:
         if cell.cell_type == "markdown" and COLAB_BADGE.search(cell.source):
-            if colab_prefix:
-                url = f"{colab_prefix.rstrip('/')}/{name}"
-                cell.source = COLAB_BADGE.sub(lambda m: m.group(0).replace(m.group(1), url), cell.source)
-            else:
-                cell.source = COLAB_BADGE.sub("", cell.source).rstrip()
+            cell.source = COLAB_BADGE.sub(lambda m: m.group(0).replace(m.group(1), url), cell.source)
+
+
+def relink(nb: nbformat.NotebookNode, prefix: str) -> None:
+    """Prefix every relative markdown link with ``prefix`` (the way back from the student folder)."""
+    if not prefix or prefix == ".":
+        return
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = RELATIVE_LINK.sub(lambda m: f"]({prefix}/{m.group(1)})", cell.source)
 
 
 def release_notebook(
-    nb: nbformat.NotebookNode, name: str = "notebook", colab_prefix: str | None = None
+    nb: nbformat.NotebookNode, name: str = "notebook", colab_prefix: str | None = None, link_prefix: str = ""
 ) -> nbformat.NotebookNode:
     """The student version of an exercise notebook: solutions stubbed, hidden tests gone, no outputs."""
     ids = [grade_id(c) for c in nb.cells if grade_id(c)]
@@ -144,6 +156,7 @@ def release_notebook(
     out = nbformat.from_dict(json.loads(json.dumps(nb)))
     out.cells = [release_cell(c, f"{name} cell {i}") for i, c in enumerate(nb.cells)]
     retarget_badge(out, name, colab_prefix)
+    relink(out, link_prefix)
     return out
 
 
@@ -152,11 +165,14 @@ def release(out: Path, source: Path, colab_prefix: str | None = None) -> list[Pa
 
     ``colab_prefix`` is where the course publishes the student versions, e.g.
     ``https://colab.research.google.com/github/<org>/<repo>/blob/main/assignments``.
+    Relative links of the notebooks are rewritten to keep pointing at the
+    same files from ``out``.
     """
     out.mkdir(parents=True, exist_ok=True)
+    back = Path(os.path.relpath(Path(source).resolve(), out.resolve())).as_posix()
     written = []
     for path in exercise_paths(source):
-        nb = release_notebook(nbformat.read(path, as_version=4), path.name, colab_prefix)
+        nb = release_notebook(nbformat.read(path, as_version=4), path.name, colab_prefix, back)
         nbformat.write(nb, out / path.name)
         written.append(out / path.name)
     return written
