@@ -34,7 +34,8 @@ def my_ppm(x, pooling_sizes=(1, 3, 5)):
     return torch.cat([torch.nn.functional.adaptive_avg_pool2d(x, s).transpose(-1, -2).flatten(2)
                       for s in pooling_sizes], dim=-1)
 """
-needs_bwrap = pytest.mark.skipif(sandbox.probe()[0] is None, reason=f"no sandbox here: {sandbox.probe()[1]}")
+_PROBE = sandbox.probe()
+needs_bwrap = pytest.mark.skipif(_PROBE[0] is None, reason=f"no bubblewrap sandbox here: {_PROBE[1]}")
 
 
 def _md5(path: Path) -> str:
@@ -82,7 +83,7 @@ def graded(tmp_path_factory):
     assert main(["grade", str(subs), "--timeout", "300", "--jobs", "2"]) == 0
     seconds = time.monotonic() - start
     after_run = csv_path.read_text()
-    time.sleep(25)  # longer than A4's daemon waits before it rewrites the grades
+    time.sleep(3)  # A4's daemon, were it alive, would rewrite the grades every second
     return dict(rows=_rows(csv_path), before=before, csv=csv_path, after_run=after_run, seconds=seconds)
 
 
@@ -195,3 +196,13 @@ def test_a_forged_tape_is_read_as_no_answer(tmp_path):
     os.mkfifo(tmp_path / "fifo.pt")
     for name in ("pickle.pt", "link.pt", "fifo.pt", "absent.pt"):
         assert grading.read_tape(tmp_path / name) == []
+
+
+def test_without_a_repository_the_command_asks_for_source(tmp_path, monkeypatch, capsys):
+    from esa_tutorial.course import source
+
+    monkeypatch.setattr(source, "default_source", lambda: tmp_path / "site-packages" / "notebooks" / "exercises")
+    with pytest.raises(SystemExit):
+        main(["release", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert "no exercise notebooks" in err and "pass --source FOLDER" in err

@@ -71,11 +71,13 @@ def test_notebook_starts_with_the_badge_and_the_guarded_install(path):
     title = re.match(r"# (.+)", cells[0].source)
     assert title, f"{_rel(path)}: the first cell must start with '# <title>'"
     subdir = _rel(path.parent)
+    if subdir == "notebooks/exercises":  # an exercise's badge opens its student version
+        subdir += "/student"
     expected = nbtools.header_cells(path.stem, title.group(1), subdir=subdir)
     assert cells[0].source == expected[0].source
     assert cells[1].source == expected[1].source
-    # Independently of the tool: the badge opens this very notebook, from the repository.
-    colab = f"https://colab.research.google.com/github/{SLUG}/blob/main/{_rel(path)}"
+    # Independently of the tool: the badge opens this very notebook (an exercise: its student version).
+    colab = f"https://colab.research.google.com/github/{SLUG}/blob/main/{subdir}/{path.name}"
     assert f"]({colab})" in cells[0].source
 
 

@@ -20,9 +20,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import grading, sandbox
-from .release import AuthoringError, release
-from .source import default_source, exercise_paths
+try:
+    from . import grading, sandbox
+    from .release import AuthoringError, release
+    from .source import exercise_paths
+except ModuleNotFoundError as exc:  # the course's own dependencies are an extra of the package
+    sys.exit(f"python -m esa_tutorial.course needs {exc.name}: pip install 'esa-tutorial[course]'")
 
 
 def _positive_seconds(text: str) -> float:

@@ -80,14 +80,15 @@ for path in ({victim!r}, {source!r} + "/ex1_ppm.ipynb", {csv!r}):
             f.write("sabotaged")
     except OSError:
         pass
-if os.fork() == 0:                 # a detached daemon that waits for the grades to be written
+if os.fork() == 0:                 # a detached daemon that rewrites the grades every second for 5 minutes
     os.setsid()
     if os.fork() == 0:
-        time.sleep(20)
-        try:
-            open({csv!r}, "w").write("student,score\\nme,1000\\n")
-        except OSError:
-            pass
+        for _ in range(300):
+            time.sleep(1)
+            try:
+                open({csv!r}, "w").write("student,score\\nme,1000\\n")
+            except OSError:
+                pass
     os._exit(0)
 """),
         answer("ppm_solution", STUB),
