@@ -150,16 +150,16 @@ def answers(submission: nbformat.NotebookNode, source: nbformat.NotebookNode) ->
 def plan(source: nbformat.NotebookNode, given: dict[str, str], salt: int) -> dict[str, Any]:
     """What the sandbox runs: the instructor's code cells, the student's answers in place of the solutions."""
     cells = []
-    for cell in source.cells:
+    for index, cell in enumerate(source.cells):
         if cell.cell_type != "code":
             continue
         gid = grade_id(cell)
         if is_test(cell):
-            cells.append({"kind": "test", "id": gid, "source": cell.source})
+            cells.append({"kind": "test", "id": gid, "index": index, "source": cell.source})
         elif is_solution(cell):
-            cells.append({"kind": "code", "id": gid, "source": given.get(gid, "\n".join(CODE_STUB))})
+            cells.append({"kind": "code", "id": gid, "index": index, "source": given.get(gid, "\n".join(CODE_STUB))})
         else:
-            cells.append({"kind": "code", "id": None, "source": cell.source})
+            cells.append({"kind": "code", "id": None, "index": index, "source": cell.source})
     return {"salt": salt, "cells": cells}
 
 

@@ -73,7 +73,7 @@ def main(plan_path: str, out_dir: str) -> int:
             result = shell.run_cell(cell["source"], store_history=False)
             exc = result.error_before_exec or result.error_in_exec
             if exc is not None:
-                errors.append({"cell": i, "id": cell.get("id"), "error": f"{type(exc).__name__}: {exc}"[:500]})
+                errors.append({"cell": cell.get("index", i), "id": cell.get("id"), "error": f"{type(exc).__name__}: {exc}"[:500]})
                 _save(errors, out / "errors.pt")
             continue
         recording = tape.Recording(int(plan["salt"]))

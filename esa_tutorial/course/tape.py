@@ -161,6 +161,8 @@ def plain(obj: Any, depth: int = 0) -> Any:
     if isinstance(obj, (list, tuple)) and len(obj) <= MAX_ITEMS:
         items = [plain(o, depth + 1) for o in obj]
         return items if isinstance(obj, list) else tuple(items)
+    if isinstance(obj, (set, frozenset)) and len(obj) <= MAX_ITEMS:
+        return sorted((plain(o, depth + 1) for o in obj), key=repr)  # as a list: sets are not taped
     if isinstance(obj, dict) and len(obj) <= MAX_ITEMS:
         return {str(k): plain(v, depth + 1) for k, v in obj.items()}
     return {"unrecordable": type(obj).__name__}
