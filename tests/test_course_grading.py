@@ -206,3 +206,13 @@ def test_without_a_repository_the_command_asks_for_source(tmp_path, monkeypatch,
         main(["release", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert "no exercise notebooks" in err and "pass --source FOLDER" in err
+
+
+def test_unsafe_no_sandbox_still_grades_and_warns(tmp_path, capsys):
+    subs = tmp_path / "subs"
+    (subs / "alice").mkdir(parents=True)
+    shutil.copy(SOURCES[0], subs / "alice" / SOURCES[0].name)
+    assert main(["grade", str(subs), "--unsafe-no-sandbox", "--timeout", "120"]) == 0
+    assert "--unsafe-no-sandbox: submissions run with your permissions" in capsys.readouterr().err
+    row = _rows(subs / "grades.csv")[("alice", "ex1_ppm.ipynb")]
+    assert (row["score"], row["max_score"], row["status"]) == ("7", "7", "graded")

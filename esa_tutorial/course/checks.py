@@ -8,7 +8,7 @@ a hint for the common mistakes. An exception inside the student's code is
 caught and reported with the student's own line, never as a bare traceback.
 
 ``CheckFailed`` is an ``AssertionError``, so nbgrader, otter-grader and
-:mod:`esa_tutorial.course` all count a failing check as a failed test.
+``python -m esa_tutorial.course grade`` all count a failing check as a failed test.
 """
 
 from __future__ import annotations

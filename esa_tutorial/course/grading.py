@@ -9,7 +9,7 @@ For every submission the grader
 2. runs the instructor's code cells with those answers in a sandbox
    (:mod:`~esa_tutorial.course.sandbox`); the test cells there only tape what
    the student's code returns on inputs drawn at grading time
-   (:mod:`~esa_tutorial.course.runner`);
+   (``esa_tutorial.course.runner``);
 3. replays every test cell in its own process against the tape: the check
    computes the expected values with the package, and a test earns its points
    when the check passes.
