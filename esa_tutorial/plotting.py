@@ -234,3 +234,105 @@ def plot_cost(ns: Sequence[int], flops: Mapping[str, Sequence[float]],
     ax_m.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def show_batch(images: torch.Tensor, masks: torch.Tensor) -> Figure:
+    """(B, 3, H, W) images above their (B, 1, H, W) masks, one column per image."""
+    n = images.shape[0]
+    fig, axes = plt.subplots(2, n, figsize=(1.5 * n, 3.2), squeeze=False)
+    for i in range(n):
+        axes[0, i].imshow(_np(images[i]).transpose(1, 2, 0).clip(0, 1))
+        axes[1, i].imshow(_np(masks[i, 0]), cmap="gray", vmin=0, vmax=1)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes[0, 0].set_title("image", loc="left")
+    axes[1, 0].set_title("mask", loc="left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_curve(values: Sequence[float], *, xlabel: str, ylabel: str, title: str) -> Figure:
+    """One curve, e.g. a learning-rate schedule."""
+    fig, ax = plt.subplots(figsize=(4, 2.5))
+    ax.plot(values)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history: Mapping[str, Sequence[float]], best_epoch: int | None = None) -> Figure:
+    """Training curves of ``esa_tutorial.train.run_experiment``'s history.
+
+    Left: the loss of every training step and the validation loss after each epoch (drawn
+    at the epoch's last step). Right: validation Dice and mean IoU per epoch.
+    """
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.2))
+    ax1.plot(history["step_loss"], lw=0.8, label="training step")
+    per_epoch = len(history["step_loss"]) // len(history["epoch"])
+    ax1.plot([e * per_epoch - 1 for e in history["epoch"]], history["val_loss"], "o-",
+             label="validation")
+    ax1.set(xlabel="step", ylabel="deep-supervision loss", title="loss (sum of five terms)")
+    ax1.legend()
+    ax2.plot(history["epoch"], history["val_dice"], "o-", label="Dice")
+    ax2.plot(history["epoch"], history["val_miou"], "s-", label="mean IoU")
+    if best_epoch:
+        ax2.axvline(best_epoch, color="gray", ls=":", label="best epoch")
+    ax2.set(xlabel="epoch", ylabel="validation score", ylim=(0, 1), title="validation")
+    ax2.legend()
+    fig.tight_layout()
+    return fig
+
+
+def show_predictions(images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor,
+                     scores: torch.Tensor, groups: Mapping[str, Sequence[int]]) -> Figure:
+    """One row per group of image indices: truth outlined in green, prediction (p = 0.5) in red.
+
+    ``images`` (B, 3, H, W), ``masks`` and ``probs`` (B, 1, H, W), ``scores`` (B,) (e.g. Dice).
+    """
+    cols = max(len(idx) for idx in groups.values())
+    fig, axes = plt.subplots(len(groups), cols, figsize=(2.7 * cols, 2.8 * len(groups)),
+                             squeeze=False)
+    for r, (name, idx) in enumerate(groups.items()):
+        for ax, i in zip(axes[r], idx):
+            ax.imshow(_np(images[i]).transpose(1, 2, 0).clip(0, 1))
+            ax.contour(_np(masks[i, 0]), levels=[0.5], colors="lime", linewidths=1.5)
+            ax.contour(_np(probs[i, 0]), levels=[0.5], colors="red", linewidths=1.5)
+            ax.set_title(f"{name}: image {i}, Dice {float(scores[i]):.2f}", fontsize=9)
+        for ax in axes[r]:
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def show_outputs(image: torch.Tensor, mask: torch.Tensor, outputs: Sequence[torch.Tensor]) -> Figure:
+    """An image with its truth, then the probability map of every output, coarse to fine.
+
+    ``image`` (3, H, W), ``mask`` (1, H, W); ``outputs`` are (1, h, w) logits, finest first,
+    as LDNet returns them.
+    """
+    fig, axes = plt.subplots(1, 1 + len(outputs), figsize=(2.2 * (1 + len(outputs)), 2.4))
+    axes[0].imshow(_np(image).transpose(1, 2, 0).clip(0, 1))
+    axes[0].contour(_np(mask[0]), levels=[0.5], colors="lime")
+    axes[0].set_title("image + truth", fontsize=9)
+    size = image.shape[-1]
+    for ax, k in zip(axes[1:], reversed(range(len(outputs)))):  # coarse to fine
+        out = outputs[k]
+        ax.imshow(_np(torch.sigmoid(out[0])), vmin=0, vmax=1, cmap="magma")
+        ax.set_title(f"out{k}: {out.shape[-1]}x{out.shape[-2]} (1/{size // out.shape[-1]})",
+                     fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def scatter(x: Sequence[float] | torch.Tensor, y: Sequence[float] | torch.Tensor, *,
+            xlabel: str, ylabel: str, title: str = "", logx: bool = False) -> Figure:
+    """A plain scatter plot, e.g. per-image Dice against lesion area."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    ax.scatter(_np(torch.as_tensor(x)), _np(torch.as_tensor(y)), s=14, alpha=0.7)
+    if logx:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    fig.tight_layout()
+    return fig
