@@ -1,9 +1,11 @@
 """Figures of the book, one function each, so a chapter cell says what it shows in a line.
 
 Like ``d2l.plot`` and ``d2l.show_heatmaps``: the chapters compute, these helpers only
-draw. Every function takes plain numbers or CPU tensors/arrays, draws on a new figure
-and returns it (a notebook shows the last figure of a cell; end the line with ``;``).
-Nothing here changes global matplotlib or torch state.
+draw. Every ``show_*``/``plot_*`` function takes plain numbers or CPU tensors/arrays and
+draws one new figure, which the notebook shows at the end of the cell. They return None,
+as d2l's do, so that a cell's last line never echoes a figure a second time (nbval
+re-executes cells without honouring a trailing ``;``). Nothing here changes global
+matplotlib or torch state.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
 from .ppm import adaptive_bins
 
@@ -55,7 +56,7 @@ def show_image(ax: Axes, image: np.ndarray | torch.Tensor, mask: np.ndarray | to
     ax.axis("off")
 
 
-def show_pooled_grids(image: np.ndarray, mask: np.ndarray, pooled: Mapping[int, np.ndarray]) -> Figure:
+def show_pooled_grids(image: np.ndarray, mask: np.ndarray, pooled: Mapping[int, np.ndarray]) -> None:
     """The image next to each pooled grid blown up to the image size, the mask outlined on all.
 
     ``pooled`` maps a grid size s to an (H, W, 3) image of flat s x s blocks.
@@ -65,22 +66,20 @@ def show_pooled_grids(image: np.ndarray, mask: np.ndarray, pooled: Mapping[int, 
     for ax, (s, shown) in zip(axes[1:], pooled.items()):
         show_image(ax, shown, mask, title=f"{s}x{s} pooling: {s * s} token{'s' if s > 1 else ''}")
     fig.tight_layout()
-    return fig
 
 
 def show_grids(grids: Sequence[np.ndarray | torch.Tensor], titles: Sequence[str], *,
                vmin: float = 0.0, vmax: float | None = 1.0, cmap: str = "magma",
-               fmt: str = "{:.2f}") -> Figure:
+               fmt: str = "{:.2f}") -> None:
     """Several annotated grids side by side (e.g. the polyp fraction of every pooled cell)."""
     fig, axes = plt.subplots(1, len(grids), figsize=(3.3 * len(grids), 3.4), squeeze=False)
     for ax, grid, title in zip(axes[0], grids, titles):
         annotated_grid(ax, grid, vmin=vmin, vmax=vmax, cmap=cmap, fmt=fmt, fontsize=8)
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return fig
 
 
-def show_tokens(tokens: np.ndarray | torch.Tensor, sizes: Sequence[int] = (1, 3, 5)) -> Figure:
+def show_tokens(tokens: np.ndarray | torch.Tensor, sizes: Sequence[int] = (1, 3, 5)) -> None:
     """(C=3, n) colour tokens as a strip of colours, with a line between the grids."""
     t = _np(tokens)
     fig, ax = plt.subplots(figsize=(10, 1.3))
@@ -91,7 +90,6 @@ def show_tokens(tokens: np.ndarray | torch.Tensor, sizes: Sequence[int] = (1, 3,
     ax.set_xticks(range(0, t.shape[-1], 5))
     ax.set_title(f"the {t.shape[-1]} tokens as colours: " + " | ".join(f"{s}x{s}" for s in sizes))
     fig.tight_layout()
-    return fig
 
 
 def _draw_bins(ax: Axes, length: int, bins: int) -> None:
@@ -107,7 +105,7 @@ def _draw_bins(ax: Axes, length: int, bins: int) -> None:
     ax.invert_yaxis()
 
 
-def show_bins(*cases: tuple[int, int]) -> Figure:
+def show_bins(*cases: tuple[int, int]) -> None:
     """One panel per (length, bins): a bar per adaptive-pooling bin over the pixels it averages.
 
     Pixels shared by two bins are shaded grey.
@@ -116,11 +114,10 @@ def show_bins(*cases: tuple[int, int]) -> Figure:
     for ax, (length, bins) in zip(axes[0], cases):
         _draw_bins(ax, length, bins)
     fig.tight_layout()
-    return fig
 
 
 def show_values(*panels: tuple[np.ndarray | torch.Tensor, str], vmin: float | None = None,
-                vmax: float | None = None, fmt: str = "{:g}") -> Figure:
+                vmax: float | None = None, fmt: str = "{:g}") -> None:
     """Small 2-D arrays side by side with every value written in its cell, one shared colour scale."""
     arrays = [_np(a) for a, _ in panels]
     lo = min(float(a.min()) for a in arrays) if vmin is None else vmin
@@ -132,11 +129,10 @@ def show_values(*panels: tuple[np.ndarray | torch.Tensor, str], vmin: float | No
         annotated_grid(ax, a, vmin=lo, vmax=hi, fmt=fmt, fontsize=9)
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return fig
 
 
 def show_attention_row(image: np.ndarray, mask: np.ndarray | None, pixel: tuple[int, int],
-                       weights: np.ndarray | torch.Tensor, *, title: str = "") -> Figure:
+                       weights: np.ndarray | torch.Tensor, *, title: str = "") -> None:
     """One row of a full N x N attention matrix, reshaped to the (H, W) image it attends over.
 
     Left: the image with the query pixel starred. Right: the weight the pixel puts on every
@@ -151,7 +147,6 @@ def show_attention_row(image: np.ndarray, mask: np.ndarray | None, pixel: tuple[
     axes[1].axis("off")
     fig.colorbar(im, ax=axes[1], fraction=0.046)
     fig.tight_layout()
-    return fig
 
 
 def token_grids(row: torch.Tensor | np.ndarray, sizes: Sequence[int] = (1, 3, 5)) -> list[np.ndarray]:
@@ -172,7 +167,7 @@ def token_grids(row: torch.Tensor | np.ndarray, sizes: Sequence[int] = (1, 3, 5)
 
 def show_token_attention(image: np.ndarray, mask: np.ndarray | None,
                          rows: Mapping[str, tuple[tuple[int, int], Sequence[torch.Tensor]]],
-                         sizes: Sequence[int] = (1, 3, 5)) -> Figure:
+                         sizes: Sequence[int] = (1, 3, 5)) -> None:
     """Where pixels look among the pooled tokens: one figure row per pixel, grids per head.
 
     ``rows`` maps a pixel's name to ``((row, col), [weights of head 0, head 1, ...])``, each
@@ -193,7 +188,6 @@ def show_token_attention(image: np.ndarray, mask: np.ndarray | None,
                 annotated_grid(ax, grid, vmax=vmax, fontsize=6)
                 ax.set_title(f"head {h}, {s}x{s}: {grid.sum():.2f}", fontsize=8)
     fig.tight_layout()
-    return fig
 
 
 def plot_cost(ns: Sequence[int], flops: Mapping[str, Sequence[float]],
@@ -203,7 +197,7 @@ def plot_cost(ns: Sequence[int], flops: Mapping[str, Sequence[float]],
               stage_gib: Mapping[str, Sequence[float]] | None = None,
               crossover: float | None = None, styles: Mapping[str, str] | None = None,
               flops_ylabel: str = "FLOPs per image (C = 64)",
-              memory_title: str = "attention matrix (float32, 8 heads)") -> Figure:
+              memory_title: str = "attention matrix (float32, 8 heads)") -> None:
     """FLOPs (left) and attention memory (right) against the number of pixels, log-log.
 
     ``flops`` and ``memory_gib`` map a curve's name to its values at ``ns``. Optional
@@ -233,10 +227,9 @@ def plot_cost(ns: Sequence[int], flops: Mapping[str, Sequence[float]],
     ax_f.legend(fontsize=8)
     ax_m.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    return fig
 
 
-def show_batch(images: torch.Tensor, masks: torch.Tensor) -> Figure:
+def show_batch(images: torch.Tensor, masks: torch.Tensor) -> None:
     """(B, 3, H, W) images above their (B, 1, H, W) masks, one column per image."""
     n = images.shape[0]
     fig, axes = plt.subplots(2, n, figsize=(1.5 * n, 3.2), squeeze=False)
@@ -248,19 +241,17 @@ def show_batch(images: torch.Tensor, masks: torch.Tensor) -> Figure:
     axes[0, 0].set_title("image", loc="left")
     axes[1, 0].set_title("mask", loc="left")
     fig.tight_layout()
-    return fig
 
 
-def plot_curve(values: Sequence[float], *, xlabel: str, ylabel: str, title: str) -> Figure:
+def plot_curve(values: Sequence[float], *, xlabel: str, ylabel: str, title: str) -> None:
     """One curve, e.g. a learning-rate schedule."""
     fig, ax = plt.subplots(figsize=(4, 2.5))
     ax.plot(values)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     fig.tight_layout()
-    return fig
 
 
-def plot_history(history: Mapping[str, Sequence[float]], best_epoch: int | None = None) -> Figure:
+def plot_history(history: Mapping[str, Sequence[float]], best_epoch: int | None = None) -> None:
     """Training curves of ``esa_tutorial.train.run_experiment``'s history.
 
     Left: the loss of every training step and the validation loss after each epoch (drawn
@@ -280,11 +271,10 @@ def plot_history(history: Mapping[str, Sequence[float]], best_epoch: int | None 
     ax2.set(xlabel="epoch", ylabel="validation score", ylim=(0, 1), title="validation")
     ax2.legend()
     fig.tight_layout()
-    return fig
 
 
 def show_predictions(images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor,
-                     scores: torch.Tensor, groups: Mapping[str, Sequence[int]]) -> Figure:
+                     scores: torch.Tensor, groups: Mapping[str, Sequence[int]]) -> None:
     """One row per group of image indices: truth outlined in green, prediction (p = 0.5) in red.
 
     ``images`` (B, 3, H, W), ``masks`` and ``probs`` (B, 1, H, W), ``scores`` (B,) (e.g. Dice).
@@ -301,10 +291,9 @@ def show_predictions(images: torch.Tensor, masks: torch.Tensor, probs: torch.Ten
         for ax in axes[r]:
             ax.axis("off")
     fig.tight_layout()
-    return fig
 
 
-def show_outputs(image: torch.Tensor, mask: torch.Tensor, outputs: Sequence[torch.Tensor]) -> Figure:
+def show_outputs(image: torch.Tensor, mask: torch.Tensor, outputs: Sequence[torch.Tensor]) -> None:
     """An image with its truth, then the probability map of every output, coarse to fine.
 
     ``image`` (3, H, W), ``mask`` (1, H, W); ``outputs`` are (1, h, w) logits, finest first,
@@ -323,11 +312,10 @@ def show_outputs(image: torch.Tensor, mask: torch.Tensor, outputs: Sequence[torc
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
-    return fig
 
 
 def scatter(x: Sequence[float] | torch.Tensor, y: Sequence[float] | torch.Tensor, *,
-            xlabel: str, ylabel: str, title: str = "", logx: bool = False) -> Figure:
+            xlabel: str, ylabel: str, title: str = "", logx: bool = False) -> None:
     """A plain scatter plot, e.g. per-image Dice against lesion area."""
     fig, ax = plt.subplots(figsize=(4.2, 3.2))
     ax.scatter(_np(torch.as_tensor(x)), _np(torch.as_tensor(y)), s=14, alpha=0.7)
@@ -335,4 +323,3 @@ def scatter(x: Sequence[float] | torch.Tensor, y: Sequence[float] | torch.Tensor
         ax.set_xscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     fig.tight_layout()
-    return fig
