@@ -323,3 +323,27 @@ def scatter(x: Sequence[float] | torch.Tensor, y: Sequence[float] | torch.Tensor
         ax.set_xscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     fig.tight_layout()
+
+
+def show_mask_pooling(image: torch.Tensor, mask: np.ndarray, weights: torch.Tensor,
+                      colours: Mapping[str, torch.Tensor]) -> None:
+    """What mask average pooling sums, and the colours it gives.
+
+    ``image`` (3, H, W) with its exact ``mask`` (H, W) outlined; ``weights`` (H, W) in
+    [0, 1]; ``colours`` maps a label to an RGB vector (3,), drawn one swatch per row.
+    """
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
+    show_image(axes[0], image, mask, title="frame, exact polyp outlined")
+    axes[1].imshow(_np(weights), cmap="gray", vmin=0, vmax=1)
+    axes[1].set_title(r"weights $m = \sigma(\ell)$", fontsize=9)
+    weighted = _np(image) * _np(weights)[None]
+    axes[2].imshow(weighted.transpose(1, 2, 0).clip(0, 1))
+    axes[2].set_title(r"$x \cdot m$ (what is summed)", fontsize=9)
+    for ax in axes[1:3]:
+        ax.axis("off")
+    swatches = np.stack([_np(c) for c in colours.values()])
+    axes[3].imshow(swatches[:, None, :].clip(0, 1), aspect=0.5)
+    axes[3].set_yticks(range(len(colours)), list(colours))
+    axes[3].set_xticks([])
+    axes[3].set_title("one colour per row", fontsize=9)
+    fig.tight_layout()
