@@ -39,57 +39,123 @@ def esa_module() -> None:
     esa = ESA(64)
     n_kv = num_tokens(esa.ppm.pooling_sizes)
     fig, ax = plt.subplots(figsize=(10, 3.6))
-    ax.set_xlim(0, 12.2)
+    ax.set_xlim(0, 12.3)
     ax.set_ylim(0, 4.4)
     ax.axis("off")
     box(ax, 0.1, 1.6, 1.6, 1.2, "x\n(B, C, H, W)", "in")
-    box(ax, 2.3, 1.6, 1.9, 1.2, "to_qkv\n1x1 conv, no bias\nC → 3·h·d", "plain", 8)
-    box(ax, 4.9, 3.0, 2.2, 1.0, f"Q: all N = H·W pixels\n(B, h, N, d)", "in", 8)
+    box(ax, 2.3, 1.6, 1.9, 1.2, "to_qkv\n1x1 conv, no bias\nC → 3·inner", "plain", 8)
+    box(ax, 4.9, 3.0, 2.2, 1.0, "Q: all N = H·W pixels\n(B, heads, N, d)", "in", 8)
     box(ax, 4.9, 0.4, 2.2, 1.2, f"PPM on K and V\npool to 1², 3², 5²\n→ {n_kv} tokens", "pool", 8)
-    box(ax, 7.7, 1.6, 2.1, 1.2, f"softmax(QKᵀ/√d) V\nscores (B, h, N, {n_kv})", "attn", 8)
-    box(ax, 10.3, 1.6, 1.8, 1.2, "to_out\nLinear h·d → C\n(B, N, C)", "plain", 8)
+    box(ax, 7.6, 1.6, 2.5, 1.2, f"softmax(QKᵀ/√d) V\nscores (B, heads, N, {n_kv})", "attn", 8)
+    box(ax, 10.5, 1.6, 1.7, 1.2, "to_out\nLinear inner → C\n(B, N, C)", "plain", 8)
     arrow(ax, (1.7, 2.2), (2.3, 2.2))
     arrow(ax, (4.2, 2.4), (4.9, 3.4), "q")
-    arrow(ax, (4.2, 2.0), (4.9, 1.0), "k, v")
-    arrow(ax, (7.1, 3.4), (7.7, 2.5))
-    arrow(ax, (7.1, 1.0), (7.7, 1.9))
-    arrow(ax, (9.8, 2.2), (10.3, 2.2))
+    arrow(ax, (4.2, 2.0), (4.9, 1.0))
+    ax.text(4.2, 1.3, "k, v", ha="center", fontsize=8)
+    arrow(ax, (7.1, 3.4), (7.6, 2.5))
+    arrow(ax, (7.1, 1.0), (7.6, 1.9))
+    arrow(ax, (10.1, 2.2), (10.5, 2.2))
     ax.set_title(f"Efficient Self-Attention: N queries attend to {n_kv} pooled keys, O(N·{n_kv}) instead of O(N²)",
                  fontsize=10)
     fig.savefig(OUT / "esa_module.png", dpi=150, bbox_inches="tight")
     plt.close(fig)
 
 
+def paper_shapes(size: int = 224) -> dict[str, tuple[int, ...]]:
+    """(C, H, W) of every map in LDNet.paper_sized() at a size x size input, from meta tensors."""
+    import torch
+
+    from esa_tutorial import LDNet
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    with torch.device("meta"):
+        model = LDNet.paper_sized()
+        x = torch.empty(1, 3, size, size)
+        hooks = [model.top_decoder.register_forward_hook(
+            lambda m, i, o: shapes.__setitem__("D5", tuple(o.shape[1:])))]
+        for k, dec in zip((4, 3, 2, 1), model.decoders):
+            hooks.append(dec.register_forward_hook(
+                lambda m, i, o, k=k: shapes.__setitem__(f"D{k}", tuple(o.shape[1:]))))
+        for k, e in enumerate(model.encoder(x), start=1):
+            shapes[f"e{k}"] = tuple(e.shape[1:])
+        for k, out in enumerate(model(x)):
+            shapes[f"out{k}"] = tuple(out.shape[1:])
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def _size(shape: tuple[int, ...], channels: bool = True) -> str:
+    c, h, w = shape
+    side = f"{h}²" if h == w else f"{h}×{w}"
+    return f"{c}×{side}" if channels else side
+
+
 def ldnet_overview() -> None:
-    fig, ax = plt.subplots(figsize=(11, 5.2))
-    ax.set_xlim(0, 13)
-    ax.set_ylim(0, 6.4)
+    """LDNet's data flow, named as in LDNet, small: e1..e5, D5..D1, F, K5..K1, out0..out4."""
+    sh = paper_shapes()
+    fig, ax = plt.subplots(figsize=(13.5, 7.6))
+    ax.set_xlim(-0.5, 14.3)
+    ax.set_ylim(-0.9, 7.45)
     ax.axis("off")
-    box(ax, 0.1, 2.6, 1.3, 1.0, "image\n3×224×224", "in", 8)
-    enc = [(1.9, 4.9, "E1 64×112²"), (4.3, 4.9, "E2 64×56²"), (6.7, 4.9, "E3 128×28²"), (9.1, 4.9, "E4 256×14²")]
-    for x, y, label in enc:
-        box(ax, x, y, 2.0, 0.8, f"encoder {label}", "plain", 8)
-        box(ax, x, y - 1.3, 2.0, 0.8, "ESA block", "attn", 9)
-        arrow(ax, (x + 1.0, y), (x + 1.0, y - 0.5))
-    for (x0, _, _), (x1, _, _) in zip(enc, enc[1:]):
-        arrow(ax, (x0 + 2.0, 5.3), (x1, 5.3))
-    arrow(ax, (1.4, 3.1), (1.9, 5.1))
-    box(ax, 11.4, 4.9, 1.5, 0.8, "top 512×7²", "plain", 8)
-    arrow(ax, (11.1, 5.3), (11.4, 5.3))
-    box(ax, 11.4, 2.2, 1.5, 1.4, "dynamic\nkernel\n(global\ncontext)", "head", 8)
-    arrow(ax, (12.15, 4.9), (12.15, 3.6))
-    dec = [(9.1, "D4"), (6.7, "D3"), (4.3, "D2"), (1.9, "D1")]
-    for x, name in dec:
-        box(ax, x, 1.6, 2.0, 0.8, f"decoder {name}\n+ LCA block", "pool", 8)
-        box(ax, x, 0.2, 2.0, 0.8, "head updater\n→ mask logits", "head", 8)
-        arrow(ax, (x + 1.0, 3.6), (x + 1.0, 2.4), style="-|>", color="#999999")
-        arrow(ax, (x + 1.0, 1.6), (x + 1.0, 1.0))
-    for (x0, _), (x1, _) in zip(dec, dec[1:]):
-        arrow(ax, (x0, 2.0), (x1 + 2.0, 2.0))
-        arrow(ax, (x0, 0.6), (x1 + 1.4, 1.6), "mask", color="#aa3333", rad=-0.2)
-    arrow(ax, (11.4, 2.6), (11.1, 0.7), "kernel", color="#6a3d9a")
-    ax.text(6.5, 6.2, "LDNet: ESA refines encoder features; LCA refines decoder features with the "
-            "previous prediction; a per-image kernel segments", ha="center", fontsize=9)
+    pitch, w = 2.5, 1.8
+    col = {k: 1.5 + (k - 1) * pitch for k in range(1, 6)}  # column of encoder stage k
+    w5 = 2.6  # the last column holds the top decoder and the kernel generator side by side
+    purple, red = "#6a3d9a", "#b2182b"
+
+    # encoder
+    box(ax, -0.4, 6.2, 1.4, 0.8, "image\n3×224²", "in", 8)
+    for k in range(1, 6):
+        box(ax, col[k], 6.2, w5 if k == 5 else w, 0.8, f"encoder e{k}\n{_size(sh[f'e{k}'])}",
+            "plain", 8)
+    arrow(ax, (1.0, 6.6), (col[1], 6.6))
+    for k in range(1, 5):
+        arrow(ax, (col[k] + w, 6.6), (col[k + 1], 6.6))
+    # ESA on the four skips, into the decoder stage of the same resolution
+    for k in range(1, 5):
+        box(ax, col[k], 4.9, w, 0.7, "ESA block", "attn", 9)
+        arrow(ax, (col[k] + w / 2, 6.2), (col[k] + w / 2, 5.6))
+        arrow(ax, (col[k] + w / 2, 4.9), (col[k] + w / 2, 4.2))
+    # kernel generator and top decoder under e5
+    box(ax, col[5] + 1.5, 4.7, 1.1, 1.1, "GN, ReLU,\nGAP,\nLinear", "head", 7)
+    arrow(ax, (col[5] + 2.05, 6.2), (col[5] + 2.05, 5.8))
+    box(ax, col[5], 3.4, 1.35, 0.8, f"top decoder\nD5 {_size(sh['D5'])}", "plain", 7)
+    arrow(ax, (col[5] + 0.6, 6.2), (col[5] + 0.6, 4.2))
+    arrow(ax, (col[5] + 2.05, 4.7), (col[5] + 2.05, 2.65), color=purple)
+    ax.text(col[5] + 2.12, 3.7, "K5", fontsize=8, color=purple)
+    # decoder stages: LCA on the coarser decoder feature, concatenated with the ESA skip
+    for k in range(1, 5):
+        box(ax, col[k], 3.4, w, 0.8, f"LCA + decoder\nD{k} {_size(sh[f'D{k}'])}", "pool", 8)
+        arrow(ax, (col[k + 1], 3.8), (col[k] + w, 3.8))  # D(k+1) into stage k's LCA
+    # heads: the first prediction, then one head updater per stage
+    box(ax, col[5], 1.7, w5, 0.9, "F5 = 1×1 conv(D5)\nout4 = K5 * F5", "head", 8)
+    arrow(ax, (col[5] + 0.6, 3.4), (col[5] + 0.6, 2.6))
+    for k in range(1, 5):
+        box(ax, col[k], 1.7, w, 0.9, f"head updater\nK{k} = U(F{k}, K{k + 1}, out{k})\n"
+            f"out{k - 1} = K{k} * F{k}", "head", 7)
+        arrow(ax, (col[k] + w / 2, 3.4), (col[k] + w / 2, 2.6))
+        # the kernel and the previous (coarser) output pass to the next stage
+        arrow(ax, (col[k + 1], 2.15), (col[k] + w, 2.15), color=purple)
+        ax.text(col[k] + w + (pitch - w) / 2, 2.3, f"K{k + 1}\nout{k}", ha="center",
+                fontsize=7, color=purple)
+        # the previous output is also LCA's mask in stage k
+        arrow(ax, (col[k + 1] + 0.15, 2.6), (col[k] + w - 0.15, 3.4), color=red)
+    # the five outputs, all supervised
+    for k in range(1, 6):
+        x = col[k] + (0.6 if k == 5 else w / 2)
+        arrow(ax, (x, 1.7), (x, 0.75))
+        name = f"out{k - 1}"
+        ax.text(x, 0.45, f"{name}\n{_size(sh[name], channels=False)}", ha="center", va="center",
+                fontsize=8)
+    ax.text(7.0, -0.35, "out0..out4: five predictions (out4 the coarsest, made first), "
+            "all five supervised.   black: features   purple: kernel   red: the previous "
+            "output as LCA's mask", ha="center", fontsize=8)
+    ax.text(-0.4, -0.8, "Fk: Dk projected to 64 channels by a 1×1 conv.   U: head updater, pools Fk "
+            "under the previous output upsampled ×2 (a plain sum) and gates it with the old "
+            "kernel.   *: a per-image 1×1 convolution.",
+            ha="left", fontsize=8)
+    ax.set_title("LDNet: ESA on the encoder skips, LCA in the decoder, a per-image kernel "
+                 "refined at every stage", fontsize=10)
     fig.savefig(OUT / "ldnet_overview.png", dpi=150, bbox_inches="tight")
     plt.close(fig)
 

@@ -1,0 +1,349 @@
+"""Figures of the book, one function each, so a chapter cell says what it shows in a line.
+
+Like ``d2l.plot`` and ``d2l.show_heatmaps``: the chapters compute, these helpers only
+draw. Every ``show_*``/``plot_*`` function takes plain numbers or CPU tensors/arrays and
+draws one new figure, which the notebook shows at the end of the cell. They return None,
+as d2l's do, so that a cell's last line never echoes a figure a second time (nbval
+re-executes cells without honouring a trailing ``;``). Nothing here changes global
+matplotlib or torch state.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+
+from .ppm import adaptive_bins
+
+
+
+def _np(a: np.ndarray | torch.Tensor) -> np.ndarray:
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
+def annotated_grid(ax: Axes, values: np.ndarray | torch.Tensor, *, vmin: float = 0.0,
+                   vmax: float | None = None, fmt: str = "{:.2f}", cmap: str = "viridis",
+                   fontsize: int = 7) -> None:
+    """Draw an (s, s) grid as an image with each cell's value written in it."""
+    a = _np(values)
+    vmax = float(a.max()) if vmax is None else vmax
+    ax.imshow(a, cmap=cmap, vmin=vmin, vmax=vmax)
+    for (i, j), v in np.ndenumerate(a):
+        # Dark text on bright cells, light text on dark ones.
+        light = (v - vmin) < (vmax - vmin) / 2
+        ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=fontsize,
+                color="white" if light else "black")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def show_image(ax: Axes, image: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor | None = None,
+               *, pixel: tuple[int, int] | None = None, title: str = "") -> None:
+    """An (H, W, 3) or (3, H, W) image, the mask outlined in white, a query pixel as a star."""
+    img = _np(image)
+    if img.ndim == 3 and img.shape[0] == 3 and img.shape[-1] != 3:
+        img = img.transpose(1, 2, 0)
+    ax.imshow(img.clip(0, 1))
+    if mask is not None:
+        ax.contour(_np(mask).astype(float), levels=[0.5], colors="white", linewidths=0.8)
+    if pixel is not None:
+        ax.plot(pixel[1], pixel[0], "c*", ms=13, mec="k")
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+
+
+def show_pooled_grids(image: np.ndarray, mask: np.ndarray, pooled: Mapping[int, np.ndarray]) -> None:
+    """The image next to each pooled grid blown up to the image size, the mask outlined on all.
+
+    ``pooled`` maps a grid size s to an (H, W, 3) image of flat s x s blocks.
+    """
+    fig, axes = plt.subplots(1, 1 + len(pooled), figsize=(3.2 * (1 + len(pooled)), 3.4))
+    show_image(axes[0], image, mask, title=f"input {image.shape[0]}x{image.shape[1]}")
+    for ax, (s, shown) in zip(axes[1:], pooled.items()):
+        show_image(ax, shown, mask, title=f"{s}x{s} pooling: {s * s} token{'s' if s > 1 else ''}")
+    fig.tight_layout()
+
+
+def show_grids(grids: Sequence[np.ndarray | torch.Tensor], titles: Sequence[str], *,
+               vmin: float = 0.0, vmax: float | None = 1.0, cmap: str = "magma",
+               fmt: str = "{:.2f}") -> None:
+    """Several annotated grids side by side (e.g. the polyp fraction of every pooled cell)."""
+    fig, axes = plt.subplots(1, len(grids), figsize=(3.3 * len(grids), 3.4), squeeze=False)
+    for ax, grid, title in zip(axes[0], grids, titles):
+        annotated_grid(ax, grid, vmin=vmin, vmax=vmax, cmap=cmap, fmt=fmt, fontsize=8)
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+
+
+def show_tokens(tokens: np.ndarray | torch.Tensor, sizes: Sequence[int] = (1, 3, 5)) -> None:
+    """(C=3, n) colour tokens as a strip of colours, with a line between the grids."""
+    t = _np(tokens)
+    fig, ax = plt.subplots(figsize=(10, 1.3))
+    ax.imshow(t.T[None].clip(0, 1), aspect="auto")
+    for edge in np.cumsum([s * s for s in sizes])[:-1]:
+        ax.axvline(edge - 0.5, color="white", lw=2)
+    ax.set_yticks([])
+    ax.set_xticks(range(0, t.shape[-1], 5))
+    ax.set_title(f"the {t.shape[-1]} tokens as colours: " + " | ".join(f"{s}x{s}" for s in sizes))
+    fig.tight_layout()
+
+
+def _draw_bins(ax: Axes, length: int, bins: int) -> None:
+    counts = np.zeros(length, dtype=int)
+    for i, (a, b) in enumerate(adaptive_bins(length, bins)):
+        ax.barh(i, b - a, left=a - 0.5, height=0.6, color=f"C{i % 10}", alpha=0.8)
+        ax.text((a + b - 1) / 2, i, f"[{a}, {b})", ha="center", va="center", fontsize=8, color="white")
+        counts[a:b] += 1
+    for p in np.flatnonzero(counts > 1):  # pixels that belong to two bins are shaded
+        ax.axvspan(p - 0.5, p + 0.5, color="grey", alpha=0.15)
+    ax.set(xticks=range(length), yticks=range(bins), xlim=(-0.5, length - 0.5),
+           xlabel="pixel", ylabel="bin", title=f"length {length} into {bins} bins")
+    ax.invert_yaxis()
+
+
+def show_bins(*cases: tuple[int, int]) -> None:
+    """One panel per (length, bins): a bar per adaptive-pooling bin over the pixels it averages.
+
+    Pixels shared by two bins are shaded grey.
+    """
+    fig, axes = plt.subplots(1, len(cases), figsize=(5.5 * len(cases), 2.8), squeeze=False)
+    for ax, (length, bins) in zip(axes[0], cases):
+        _draw_bins(ax, length, bins)
+    fig.tight_layout()
+
+
+def show_values(*panels: tuple[np.ndarray | torch.Tensor, str], vmin: float | None = None,
+                vmax: float | None = None, fmt: str = "{:g}") -> None:
+    """Small 2-D arrays side by side with every value written in its cell, one shared colour scale."""
+    arrays = [_np(a) for a, _ in panels]
+    lo = min(float(a.min()) for a in arrays) if vmin is None else vmin
+    hi = max(float(a.max()) for a in arrays) if vmax is None else vmax
+    widths = [a.shape[1] for a in arrays]
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.3 * sum(widths), 3),
+                             gridspec_kw={"width_ratios": widths}, squeeze=False)
+    for ax, a, (_, title) in zip(axes[0], arrays, panels):
+        annotated_grid(ax, a, vmin=lo, vmax=hi, fmt=fmt, fontsize=9)
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+
+
+def show_attention_row(image: np.ndarray, mask: np.ndarray | None, pixel: tuple[int, int],
+                       weights: np.ndarray | torch.Tensor, *, title: str = "") -> None:
+    """One row of a full N x N attention matrix, reshaped to the (H, W) image it attends over.
+
+    Left: the image with the query pixel starred. Right: the weight the pixel puts on every
+    pixel of the map, on the same grid (the row has H*W entries summing to one).
+    """
+    w = _np(weights)
+    fig, axes = plt.subplots(1, 2, figsize=(7.4, 3.4))
+    show_image(axes[0], image, mask, pixel=pixel, title="query pixel (star)")
+    im = axes[1].imshow(w, cmap="viridis")
+    axes[1].plot(pixel[1], pixel[0], "c*", ms=13, mec="k")
+    axes[1].set_title(title or f"its {w.size:,} attention weights", fontsize=9)
+    axes[1].axis("off")
+    fig.colorbar(im, ax=axes[1], fraction=0.046)
+    fig.tight_layout()
+
+
+def token_grids(row: torch.Tensor | np.ndarray, sizes: Sequence[int] = (1, 3, 5)) -> list[np.ndarray]:
+    """Split a row of weights over the pooled tokens into the s x s grids, in PPM's token order.
+
+    (sum s^2,) -> [(s, s) for s in sizes].
+    """
+    r = _np(row)
+    if r.shape != (sum(s * s for s in sizes),):
+        raise ValueError(f"token_grids expects a row of {sum(s * s for s in sizes)} weights "
+                         f"for sizes {tuple(sizes)}, got shape {r.shape}")
+    grids, start = [], 0
+    for s in sizes:
+        grids.append(r[start:start + s * s].reshape(s, s))
+        start += s * s
+    return grids
+
+
+def show_token_attention(image: np.ndarray, mask: np.ndarray | None,
+                         rows: Mapping[str, tuple[tuple[int, int], Sequence[torch.Tensor]]],
+                         sizes: Sequence[int] = (1, 3, 5)) -> None:
+    """Where pixels look among the pooled tokens: one figure row per pixel, grids per head.
+
+    ``rows`` maps a pixel's name to ``((row, col), [weights of head 0, head 1, ...])``, each
+    weight vector of length sum(s^2) (35 for ESA). Each head's weights are drawn as the
+    s x s grids over the image, the title says how much of the weight each grid gets.
+    """
+    n_heads = max(len(ws) for _, ws in rows.values())
+    cols = 1 + n_heads * len(sizes)
+    ratios = [1.5] + [1.0] * (cols - 1)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.75 * sum(ratios), 2.3 * len(rows)),
+                             gridspec_kw={"width_ratios": ratios}, squeeze=False)
+    for r, (name, (pixel, weights)) in enumerate(rows.items()):
+        show_image(axes[r, 0], image, mask, pixel=pixel, title=name)
+        for h, w in enumerate(weights):
+            vmax = float(_np(w).max())
+            for k, (grid, s) in enumerate(zip(token_grids(w, sizes), sizes)):
+                ax = axes[r, 1 + h * len(sizes) + k]
+                annotated_grid(ax, grid, vmax=vmax, fontsize=6)
+                ax.set_title(f"head {h}, {s}x{s}: {grid.sum():.2f}", fontsize=8)
+    fig.tight_layout()
+
+
+def plot_cost(ns: Sequence[int], flops: Mapping[str, Sequence[float]],
+              memory_gib: Mapping[str, Sequence[float]], *,
+              stage_n: Sequence[int] = (), stage_labels: Sequence[str] = (),
+              stage_flops: Sequence[float] | None = None,
+              stage_gib: Mapping[str, Sequence[float]] | None = None,
+              crossover: float | None = None, styles: Mapping[str, str] | None = None,
+              flops_ylabel: str = "FLOPs per image (C = 64)",
+              memory_title: str = "attention matrix (float32, 8 heads)") -> None:
+    """FLOPs (left) and attention memory (right) against the number of pixels, log-log.
+
+    ``flops`` and ``memory_gib`` map a curve's name to its values at ``ns``. Optional
+    markers: LDNet's stages at ``stage_n`` (FLOPs ``stage_flops`` per image, memory
+    ``stage_gib`` per curve name, labelled with ``stage_labels``), and a dotted
+    vertical line at ``crossover``.
+    """
+    styles = dict(styles or {})
+    fig, (ax_f, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (name, ys) in enumerate(flops.items()):
+        ax_f.loglog(ns, ys, styles.get(name, f"C{i}-"), lw=2, label=name)
+    if crossover is not None:
+        ax_f.axvline(crossover, color="grey", lw=0.8, ls=":")
+    if stage_flops is not None:
+        ax_f.plot(stage_n, stage_flops, "o", color="C1", label="LDNet stages (own C)")
+    ax_f.set(xlabel="pixels N = H·W", ylabel=flops_ylabel, title="FLOPs")
+    for i, (name, ys) in enumerate(memory_gib.items()):
+        ax_m.loglog(ns, ys, styles.get(name, f"C{i}-"), lw=2, label=name)
+    for i, (name, gib) in enumerate((stage_gib or {}).items()):
+        ax_m.plot(stage_n, gib, "o", color="C1", label="LDNet stages" if i == 0 else None)
+        if i == len(stage_gib) - 1:  # label the last set of markers only, so labels never overlap
+            for label, n, g in zip(stage_labels, stage_n, gib):
+                ax_m.annotate(f"{label}\n{g:.3g} GiB", (n, g), textcoords="offset points",
+                              xytext=(8, -22), fontsize=8)
+    ax_m.set(xlabel="pixels N = H·W", ylabel="GiB", title=memory_title)
+    ax_m.set_xlim(right=4e4)
+    ax_f.legend(fontsize=8)
+    ax_m.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+
+
+def show_batch(images: torch.Tensor, masks: torch.Tensor) -> None:
+    """(B, 3, H, W) images above their (B, 1, H, W) masks, one column per image."""
+    n = images.shape[0]
+    fig, axes = plt.subplots(2, n, figsize=(1.5 * n, 3.2), squeeze=False)
+    for i in range(n):
+        axes[0, i].imshow(_np(images[i]).transpose(1, 2, 0).clip(0, 1))
+        axes[1, i].imshow(_np(masks[i, 0]), cmap="gray", vmin=0, vmax=1)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes[0, 0].set_title("image", loc="left")
+    axes[1, 0].set_title("mask", loc="left")
+    fig.tight_layout()
+
+
+def plot_curve(values: Sequence[float], *, xlabel: str, ylabel: str, title: str) -> None:
+    """One curve, e.g. a learning-rate schedule."""
+    fig, ax = plt.subplots(figsize=(4, 2.5))
+    ax.plot(values)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    fig.tight_layout()
+
+
+def plot_history(history: Mapping[str, Sequence[float]], best_epoch: int | None = None) -> None:
+    """Training curves of ``esa_tutorial.train.run_experiment``'s history.
+
+    Left: the loss of every training step and the validation loss after each epoch (drawn
+    at the epoch's last step). Right: validation Dice and mean IoU per epoch.
+    """
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.2))
+    ax1.plot(history["step_loss"], lw=0.8, label="training step")
+    per_epoch = len(history["step_loss"]) // len(history["epoch"])
+    ax1.plot([e * per_epoch - 1 for e in history["epoch"]], history["val_loss"], "o-",
+             label="validation")
+    ax1.set(xlabel="step", ylabel="deep-supervision loss", title="loss (sum of five terms)")
+    ax1.legend()
+    ax2.plot(history["epoch"], history["val_dice"], "o-", label="Dice")
+    ax2.plot(history["epoch"], history["val_miou"], "s-", label="mean IoU")
+    if best_epoch:
+        ax2.axvline(best_epoch, color="gray", ls=":", label="best epoch")
+    ax2.set(xlabel="epoch", ylabel="validation score", ylim=(0, 1), title="validation")
+    ax2.legend()
+    fig.tight_layout()
+
+
+def show_predictions(images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor,
+                     scores: torch.Tensor, groups: Mapping[str, Sequence[int]]) -> None:
+    """One row per group of image indices: truth outlined in green, prediction (p = 0.5) in red.
+
+    ``images`` (B, 3, H, W), ``masks`` and ``probs`` (B, 1, H, W), ``scores`` (B,) (e.g. Dice).
+    """
+    cols = max(len(idx) for idx in groups.values())
+    fig, axes = plt.subplots(len(groups), cols, figsize=(2.7 * cols, 2.8 * len(groups)),
+                             squeeze=False)
+    for r, (name, idx) in enumerate(groups.items()):
+        for ax, i in zip(axes[r], idx):
+            ax.imshow(_np(images[i]).transpose(1, 2, 0).clip(0, 1))
+            ax.contour(_np(masks[i, 0]), levels=[0.5], colors="lime", linewidths=1.5)
+            ax.contour(_np(probs[i, 0]), levels=[0.5], colors="red", linewidths=1.5)
+            ax.set_title(f"{name}: image {i}, Dice {float(scores[i]):.2f}", fontsize=9)
+        for ax in axes[r]:
+            ax.axis("off")
+    fig.tight_layout()
+
+
+def show_outputs(image: torch.Tensor, mask: torch.Tensor, outputs: Sequence[torch.Tensor]) -> None:
+    """An image with its truth, then the probability map of every output, coarse to fine.
+
+    ``image`` (3, H, W), ``mask`` (1, H, W); ``outputs`` are (1, h, w) logits, finest first,
+    as LDNet returns them.
+    """
+    fig, axes = plt.subplots(1, 1 + len(outputs), figsize=(2.2 * (1 + len(outputs)), 2.4))
+    axes[0].imshow(_np(image).transpose(1, 2, 0).clip(0, 1))
+    axes[0].contour(_np(mask[0]), levels=[0.5], colors="lime")
+    axes[0].set_title("image + truth", fontsize=9)
+    size = image.shape[-1]
+    for ax, k in zip(axes[1:], reversed(range(len(outputs)))):  # coarse to fine
+        out = outputs[k]
+        ax.imshow(_np(torch.sigmoid(out[0])), vmin=0, vmax=1, cmap="magma")
+        ax.set_title(f"out{k}: {out.shape[-1]}x{out.shape[-2]} (1/{size // out.shape[-1]})",
+                     fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+
+
+def scatter(x: Sequence[float] | torch.Tensor, y: Sequence[float] | torch.Tensor, *,
+            xlabel: str, ylabel: str, title: str = "", logx: bool = False) -> None:
+    """A plain scatter plot, e.g. per-image Dice against lesion area."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    ax.scatter(_np(torch.as_tensor(x)), _np(torch.as_tensor(y)), s=14, alpha=0.7)
+    if logx:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    fig.tight_layout()
+
+
+def show_mask_pooling(image: torch.Tensor, mask: np.ndarray, weights: torch.Tensor,
+                      colours: Mapping[str, torch.Tensor]) -> None:
+    """What mask average pooling sums, and the colours it gives.
+
+    ``image`` (3, H, W) with its exact ``mask`` (H, W) outlined; ``weights`` (H, W) in
+    [0, 1]; ``colours`` maps a label to an RGB vector (3,), drawn one swatch per row.
+    """
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
+    show_image(axes[0], image, mask, title="frame, exact polyp outlined")
+    axes[1].imshow(_np(weights), cmap="gray", vmin=0, vmax=1)
+    axes[1].set_title(r"weights $m = \sigma(\ell)$", fontsize=9)
+    weighted = _np(image) * _np(weights)[None]
+    axes[2].imshow(weighted.transpose(1, 2, 0).clip(0, 1))
+    axes[2].set_title(r"$x \cdot m$ (what is summed)", fontsize=9)
+    for ax in axes[1:3]:
+        ax.axis("off")
+    swatches = np.stack([_np(c) for c in colours.values()])
+    axes[3].imshow(swatches[:, None, :].clip(0, 1), aspect=0.5)
+    axes[3].set_yticks(range(len(colours)), list(colours))
+    axes[3].set_xticks([])
+    axes[3].set_title("one colour per row", fontsize=9)
+    fig.tight_layout()

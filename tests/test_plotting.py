@@ -1,0 +1,95 @@
+"""esa_tutorial.plotting: the book's figure helpers draw what they say, and reject bad input."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless; the tests only inspect the figures they draw
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from esa_tutorial import adaptive_bins, plotting  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    plt.close("all")
+    yield
+    plt.close("all")
+
+
+def _only_figure():
+    numbers = plt.get_fignums()
+    assert len(numbers) == 1, f"expected one new figure, got {len(numbers)}"
+    return plt.figure(numbers[0])
+
+
+def test_token_grids_split_a_row_in_ppm_order():
+    row = torch.arange(35.0)
+    g1, g3, g5 = plotting.token_grids(row)
+    assert g1.tolist() == [[0.0]]
+    assert g3.tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert g5[0].tolist() == [10, 11, 12, 13, 14] and g5[4, 4] == 34
+
+
+def test_token_grids_names_the_expected_length():
+    with pytest.raises(ValueError, match=r"expects a row of 35 weights .* got shape \(34,\)"):
+        plotting.token_grids(torch.zeros(34))
+    assert [g.shape for g in plotting.token_grids(np.zeros(14), (1, 2, 3))] == [(1, 1), (2, 2), (3, 3)]
+
+
+def test_annotated_grid_writes_every_value():
+    fig, ax = plt.subplots()
+    values = np.array([[0.1, 0.25], [0.5, 1.0]])
+    plotting.annotated_grid(ax, values, fmt="{:.2f}")
+    assert sorted(t.get_text() for t in ax.texts) == ["0.10", "0.25", "0.50", "1.00"]
+
+
+def test_show_bins_draws_one_bar_per_bin_and_shades_shared_pixels():
+    assert plotting.show_bins((7, 3), (7, 5)) is None
+    fig = _only_figure()
+    ax3, ax5 = fig.axes
+    for ax, bins in ((ax3, 3), (ax5, 5)):
+        bars = [p for p in ax.patches if p.get_height() == pytest.approx(0.6)]
+        assert [(round(b.get_x() + 0.5), round(b.get_x() + 0.5 + b.get_width())) for b in bars] \
+            == adaptive_bins(7, bins)
+    shaded = [p for p in ax5.patches if p.get_height() != pytest.approx(0.6)]
+    assert len(shaded) == 4  # pixels 1, 2, 4 and 5 belong to two of the five bins
+
+
+def test_show_token_attention_lays_out_pixels_by_heads_by_levels():
+    rows = {"a": ((1, 2), [torch.rand(35), torch.rand(35)]), "b": ((3, 4), [torch.rand(35)] * 2)}
+    plotting.show_token_attention(np.zeros((8, 8, 3)), np.zeros((8, 8)), rows)
+    fig = _only_figure()
+    assert len(fig.axes) == 2 * (1 + 2 * 3)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0] == "a" and titles[1].startswith("head 0, 1x1") and titles[6].startswith("head 1, 5x5")
+
+
+def test_show_attention_row_draws_the_row_on_the_image_grid():
+    weights = torch.softmax(torch.randn(6 * 5), dim=0).reshape(6, 5)
+    plotting.show_attention_row(np.zeros((6, 5, 3)), None, (2, 3), weights)
+    fig = _only_figure()
+    heat = fig.axes[1].images[0].get_array()
+    np.testing.assert_allclose(np.asarray(heat), weights.numpy())
+
+
+def test_plot_cost_draws_every_curve_and_labels_the_last_stage_markers():
+    ns = [64, 256, 1024]
+    plotting.plot_cost(ns, {"MHSA": [1, 4, 16], "ESA": [1, 2, 4]}, {"MHSA": [1, 16, 256]},
+                       stage_n=[64, 1024], stage_labels=["s1", "s2"],
+                       stage_gib={"MHSA": [2.0, 3.0], "ESA": [0.5, 0.25]}, crossover=128)
+    ax_f, ax_m = _only_figure().axes
+    assert [line.get_label() for line in ax_f.get_lines()][:2] == ["MHSA", "ESA"]
+    labels = [t.get_text() for t in ax_m.texts]
+    assert labels == ["s1\n0.5 GiB", "s2\n0.25 GiB"]  # only the last set of markers is labelled
+
+
+def test_show_outputs_orders_panels_coarse_to_fine():
+    outputs = [torch.zeros(1, 16 // 2**k, 16 // 2**k) for k in range(5)]  # finest first
+    plotting.show_outputs(torch.zeros(3, 16, 16), torch.zeros(1, 16, 16), outputs)
+    titles = [ax.get_title() for ax in _only_figure().axes]
+    assert titles[1].startswith("out4: 1x1") and titles[-1].startswith("out0: 16x16")
