@@ -14,6 +14,7 @@ setuptools already installed), so the test needs no network and takes seconds.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -76,6 +77,10 @@ def _preinstalled(dest: Path) -> Path:
 @pytest.fixture(scope="module")
 def colab(tmp_path_factory):
     """A fresh environment and a kernel spec for it; yields (workdir, env prefix, clone)."""
+    setuptools = importlib.metadata.version("setuptools")
+    assert int(setuptools.split(".")[0]) >= 77, (
+        f"the offline build needs setuptools>=77 here (pyproject's build requirement; "
+        f"requirements.txt pins it), found {setuptools}")
     tmp = tmp_path_factory.mktemp("colab")
     clone = _clone_of_working_tree(tmp / "clone")
     env = tmp / "env"
