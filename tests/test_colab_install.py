@@ -155,6 +155,7 @@ def test_install_cell_installs_the_package_and_keeps_the_preinstalled_torch(cola
              "print(torch.__file__)\n"
              "print(type(esa_tutorial.ESA(dim=64)).__name__)")
     nb = _run(_first_cells(f"git+file://{clone}@main", probe), work)
+    assert _stdout(nb.cells[1]) == f"installed esa-tutorial from git+file://{clone}@main\n"
     package, torch_file, esa = _stdout(nb.cells[-1]).split()
     # Installed from the clone into the fresh environment, not found in the working tree.
     assert Path(package).resolve().is_relative_to(env.resolve()), package

@@ -148,12 +148,13 @@ def test_install_cell_does_nothing_outside_colab(path, monkeypatch):
     assert _run_install_cell(_read(path).cells[1].source, monkeypatch) == []
 
 
-def test_install_cell_installs_on_colab(monkeypatch):
+def test_install_cell_installs_on_colab(monkeypatch, capsys):
     """The converse, so that the test above cannot pass with a cell that never installs."""
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
     source = nbtools.header_cells("any", "Any")[1].source
     assert _run_install_cell(source, monkeypatch) == [
         [sys.executable, "-m", "pip", "install", "-q", f"esa-tutorial @ git+{REPO_URL}@{BRANCH}"]]
+    assert capsys.readouterr().out == f"installed esa-tutorial from git+{REPO_URL}@{BRANCH}\n"
 
 
 def test_install_cell_stops_with_pips_error_when_the_install_fails(monkeypatch):

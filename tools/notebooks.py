@@ -84,7 +84,8 @@ if "google.colab" in sys.modules:
     done = subprocess.run(pip, capture_output=True, text=True)
     if done.returncode != 0:  # stop here, not with a ModuleNotFoundError one cell later
         raise RuntimeError(f"pip could not install esa-tutorial from {{source}}:\\n"
-                           + done.stderr[-3000:])'''
+                           + done.stderr[-3000:])
+    print(f"installed esa-tutorial from {{source}}")'''
 
 
 def header_cells(notebook_stem: str, title: str, subdir: str = "notebooks") -> list:
