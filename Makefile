@@ -24,9 +24,10 @@ venv: $(STAMP)
 python-check:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
 	  echo "This needs Python 3.11 or newer as '$(PYTHON)'; found: $$($(PYTHON) --version 2>&1)."; \
-	  echo "Install one and run: make $(or $(MAKECMDGOALS),book) PYTHON=python3.11"; exit 1; }
+	  echo "Install one and name it, for example: make book PYTHON=python3.11"; exit 1; }
 
-$(STAMP): requirements.txt pyproject.toml | python-check
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(MAKE) -s --no-print-directory python-check PYTHON="$(PYTHON)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23.2"
 	@# The torch pin of requirements.txt from another index (PyTorch's CPU builds): pip
