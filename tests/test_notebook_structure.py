@@ -30,6 +30,10 @@ from IPython.core.inputtransformer2 import TransformerManager
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 CHAPTERS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
+# The notebooks authors edit (chapters and exercise sources) carry header_cells exactly;
+# the student versions made from the exercises by the release command are checked apart.
+SOURCES = CHAPTERS + sorted((ROOT / "notebooks" / "exercises").glob("*.ipynb"))
+STUDENT = sorted((ROOT / "notebooks" / "exercises" / "student").glob("*.ipynb"))
 BOOK_PAGES = sorted((ROOT / "book").glob("*.md"))
 
 _spec = importlib.util.spec_from_file_location("book_notebook_tools", ROOT / "tools" / "notebooks.py")
@@ -69,7 +73,7 @@ def test_notebooks_exist_for_every_chapter_in_the_toc():
     assert not missing, f"chapters in _toc.yml without a notebook: {missing}"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=_rel)
+@pytest.mark.parametrize("path", SOURCES, ids=_rel)
 def test_notebook_starts_with_the_badge_and_the_guarded_install(path):
     cells = _read(path).cells
     assert len(cells) >= 2 and cells[0].cell_type == "markdown" and cells[1].cell_type == "code"
@@ -90,7 +94,7 @@ def test_notebook_starts_with_the_badge_and_the_guarded_install(path):
     assert f"]({colab})" in cells[0].source
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=_rel)
+@pytest.mark.parametrize("path", SOURCES, ids=_rel)
 def test_notebooks_that_train_or_time_ask_colab_for_a_gpu(path):
     meta = _read(path).metadata
     if path.stem in nbtools.GPU_NOTEBOOKS:
@@ -100,8 +104,20 @@ def test_notebooks_that_train_or_time_ask_colab_for_a_gpu(path):
         assert "accelerator" not in meta and "gpuType" not in meta.get("colab", {})
 
 
+@pytest.mark.parametrize("path", STUDENT, ids=_rel)
+def test_a_student_versions_badge_and_install_cell_are_the_sources(path):
+    """A student version keeps no badge, or one opening itself; an install cell, or none."""
+    cells = _read(path).cells
+    colab = f"https://colab.research.google.com/github/{SLUG}/blob/{BRANCH}/{_rel(path)}"
+    badges = re.findall(r"\]\((https://colab\.research\.google\.com/[^)]*)\)", cells[0].source)
+    assert badges in ([], [colab]), f"{_rel(path)}: the badge must open this student version"
+    installs = [c for c in cells if c.cell_type == "code" and "google.colab" in c.source]
+    expected = nbtools.header_cells(path.stem, "Any", "notebooks/exercises")[1].source
+    assert all(c.source == expected for c in installs), f"{_rel(path)}: stale install cell"
+
+
 def test_gpu_notebooks_exist():
-    stems = {p.stem for p in NOTEBOOKS}
+    stems = {p.stem for p in SOURCES}
     assert nbtools.GPU_NOTEBOOKS <= stems, nbtools.GPU_NOTEBOOKS - stems
 
 
