@@ -6,6 +6,8 @@
   installs our package from that same branch, leaves Colab's torch alone and
   stops with pip's error if the install fails. Outside Colab it does nothing.
 - Notebooks that train or time ask Colab for a GPU runtime in their metadata.
+- Student versions (notebooks/exercises/student/, made by the release command) keep
+  no badge or one that opens themselves, and the same install cell.
 - A chapter (``notebooks/0*.ipynb``) opens with "What you will learn" and closes
   with "Summary" and "Exercises".
 - Chapters refer to each other with {doc}/labels, never with a raw URL of our site.
