@@ -91,6 +91,16 @@ def colab(tmp_path_factory):
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         check=True, capture_output=True, text=True, timeout=STEP_SECONDS).stdout.strip())
     (env_site / "preinstalled.pth").write_text(f"{_preinstalled(tmp / 'preinstalled')}\n")
+    # Nothing may lead the fresh environment to this checkout's package.
+    mp = pytest.MonkeyPatch()
+    try:
+        yield from _prepared(tmp, env, python, clone, mp)
+    finally:
+        mp.undo()
+
+
+def _prepared(tmp: Path, env: Path, python: Path, clone: Path, mp: pytest.MonkeyPatch):
+    mp.delenv("PYTHONPATH", raising=False)
     missing = subprocess.run([str(python), "-c", "import esa_tutorial"], capture_output=True,
                              text=True, timeout=STEP_SECONDS, cwd=tmp)
     assert "No module named 'esa_tutorial'" in missing.stderr, "the fresh environment has it"
@@ -107,7 +117,6 @@ def colab(tmp_path_factory):
         '{"argv": ["%s", "-m", "ipykernel_launcher", "-f", "{connection_file}"],'
         ' "display_name": "fake Colab", "language": "python"}' % python)
 
-    mp = pytest.MonkeyPatch()
     mp.setenv("JUPYTER_PATH", str(tmp / "jupyter"))
     mp.setenv("IPYTHONDIR", str(ipython))
     for key in [k for k in os.environ if k.startswith("PIP_")]:
@@ -120,7 +129,6 @@ def colab(tmp_path_factory):
     work = tmp / "content"  # Colab's working folder
     work.mkdir()
     yield work, env, clone
-    mp.undo()
 
 
 def _first_cells(source: str, probe: str) -> nbformat.NotebookNode:
@@ -154,8 +162,8 @@ def test_install_cell_installs_the_package_and_keeps_the_preinstalled_torch(cola
              "print(esa_tutorial.__file__)\n"
              "print(torch.__file__)\n"
              "print(type(esa_tutorial.ESA(dim=64)).__name__)")
-    nb = _run(_first_cells(f"git+file://{clone}@main", probe), work)
-    assert _stdout(nb.cells[1]) == f"installed esa-tutorial from git+file://{clone}@main\n"
+    nb = _run(_first_cells(f"git+file://localhost{clone}@main", probe), work)
+    assert _stdout(nb.cells[1]) == f"installed esa-tutorial from git+file://localhost{clone}@main\n"
     package, torch_file, esa = _stdout(nb.cells[-1]).split()
     # Installed from the clone into the fresh environment, not found in the working tree.
     assert Path(package).resolve().is_relative_to(env.resolve()), package
@@ -170,12 +178,12 @@ def test_install_cell_installs_the_package_and_keeps_the_preinstalled_torch(cola
 def test_a_failed_install_stops_at_the_install_cell_with_pips_error(colab, tmp_path):
     work, _, _ = colab
     nowhere = tmp_path / "no-such-repository"
-    nb = _first_cells(f"git+file://{nowhere}@main", "print('not reached')")
+    nb = _first_cells(f"git+file://localhost{nowhere}@main", "print('not reached')")
     with pytest.raises(CellExecutionError) as failed:
         _run(nb, work)
     assert failed.value.ename == "RuntimeError"
     message = failed.value.evalue
-    assert message.startswith(f"pip could not install esa-tutorial from git+file://{nowhere}@main:")
+    assert message.startswith(f"pip could not install esa-tutorial from git+file://localhost{nowhere}@main:")
     assert "ERROR" in message, "pip's own error is part of the message"
     # The error is the install cell's: nothing after it ran.
     assert [c.execution_count for c in nb.cells if c.cell_type == "code"][1:] == [None] * (
