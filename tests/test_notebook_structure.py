@@ -1,9 +1,13 @@
 """Every notebook is a page of the book and a Colab notebook: check both without running it.
 
 - It starts with the two cells ``tools/notebooks.header_cells`` makes: a title with
-  an "Open in Colab" badge pointing at this very notebook in the repository, and an
-  install cell that, on Colab only, installs our package at a pinned release and
-  leaves Colab's torch alone. Outside Colab that cell does nothing.
+  an "Open in Colab" badge pointing at this notebook (an exercise: its student
+  version) on the repository's branch, and an install cell that, on Colab only,
+  installs our package from that same branch, leaves Colab's torch alone and
+  stops with pip's error if the install fails. Outside Colab it does nothing.
+- Notebooks that train or time ask Colab for a GPU runtime in their metadata.
+- Student versions (notebooks/exercises/student/, made by the release command) keep
+  no badge or one that opens themselves, and the same install cell.
 - A chapter (``notebooks/0*.ipynb``) opens with "What you will learn" and closes
   with "Summary" and "Exercises".
 - Chapters refer to each other with {doc}/labels, never with a raw URL of our site.
@@ -14,7 +18,9 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
 import sys
+import tomllib
 import types
 from pathlib import Path
 
@@ -26,6 +32,10 @@ from IPython.core.inputtransformer2 import TransformerManager
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 CHAPTERS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
+# The notebooks authors edit (chapters and exercise sources) carry header_cells exactly;
+# the student versions made from the exercises by the release command are checked apart.
+SOURCES = CHAPTERS + sorted((ROOT / "notebooks" / "exercises").glob("*.ipynb"))
+STUDENT = sorted((ROOT / "notebooks" / "exercises" / "student").glob("*.ipynb"))
 BOOK_PAGES = sorted((ROOT / "book").glob("*.md"))
 
 _spec = importlib.util.spec_from_file_location("book_notebook_tools", ROOT / "tools" / "notebooks.py")
@@ -34,6 +44,7 @@ _spec.loader.exec_module(nbtools)
 
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 REPO_URL = CONFIG["repository"]["url"].rstrip("/")
+BRANCH = CONFIG["repository"].get("branch", "main")
 SLUG = REPO_URL.removeprefix("https://github.com/")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*$", re.M)
 CITE = re.compile(r"\{cite(?::\w+)?\}`([^`]+)`")
@@ -64,67 +75,113 @@ def test_notebooks_exist_for_every_chapter_in_the_toc():
     assert not missing, f"chapters in _toc.yml without a notebook: {missing}"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=_rel)
+@pytest.mark.parametrize("path", SOURCES, ids=_rel)
 def test_notebook_starts_with_the_badge_and_the_guarded_install(path):
     cells = _read(path).cells
     assert len(cells) >= 2 and cells[0].cell_type == "markdown" and cells[1].cell_type == "code"
     title = re.match(r"# (.+)", cells[0].source)
     assert title, f"{_rel(path)}: the first cell must start with '# <title>'"
     subdir = _rel(path.parent)
-    if subdir == "notebooks/exercises":  # an exercise's badge opens its student version
-        subdir += "/student"
     expected = nbtools.header_cells(path.stem, title.group(1), subdir=subdir)
-    assert cells[0].source == expected[0].source
-    assert cells[1].source == expected[1].source
-    # Independently of the tool: the badge opens this very notebook (an exercise: its student version).
-    colab = f"https://colab.research.google.com/github/{SLUG}/blob/main/{subdir}/{path.name}"
+    assert cells[0].source == expected[0].source, f"{_rel(path)}: run tools/notebooks.py headers"
+    assert cells[1].source == expected[1].source, f"{_rel(path)}: run tools/notebooks.py headers"
+    # Executed outside Colab, the install cell prints nothing.
+    assert cells[1].outputs == []
+    # Independently of the tool: a chapter's badge opens this very notebook, an
+    # exercise's badge its student version, from the branch in _config.yml.
+    opened = _rel(path)
+    if subdir == "notebooks/exercises":
+        opened = f"notebooks/exercises/student/{path.name}"
+    colab = f"https://colab.research.google.com/github/{SLUG}/blob/{BRANCH}/{opened}"
     assert f"]({colab})" in cells[0].source
 
 
-def test_install_cell_pins_a_release_of_our_package_only():
+@pytest.mark.parametrize("path", SOURCES, ids=_rel)
+def test_notebooks_that_train_or_time_ask_colab_for_a_gpu(path):
+    meta = _read(path).metadata
+    if path.stem in nbtools.GPU_NOTEBOOKS:
+        assert meta.get("accelerator") == "GPU", f"{_rel(path)}: no Colab GPU request"
+        assert meta.get("colab", {}).get("gpuType") == "T4"
+    else:
+        assert "accelerator" not in meta and "gpuType" not in meta.get("colab", {})
+
+
+@pytest.mark.parametrize("path", STUDENT, ids=_rel)
+def test_a_student_versions_badge_and_install_cell_are_the_sources(path):
+    """A student version keeps no badge, or one opening itself; an install cell, or none."""
+    cells = _read(path).cells
+    colab = f"https://colab.research.google.com/github/{SLUG}/blob/{BRANCH}/{_rel(path)}"
+    badges = re.findall(r"\]\((https://colab\.research\.google\.com/[^)]*)\)", cells[0].source)
+    assert badges in ([], [colab]), f"{_rel(path)}: the badge must open this student version"
+    installs = [c for c in cells if c.cell_type == "code" and "google.colab" in c.source]
+    expected = nbtools.header_cells(path.stem, "Any", "notebooks/exercises")[1].source
+    assert all(c.source == expected for c in installs), f"{_rel(path)}: stale install cell"
+
+
+def test_gpu_notebooks_exist():
+    stems = {p.stem for p in SOURCES}
+    assert nbtools.GPU_NOTEBOOKS <= stems, nbtools.GPU_NOTEBOOKS - stems
+
+
+def test_install_cell_installs_the_branch_the_badge_opens():
     install = nbtools.header_cells("any", "Any")[1].source
-    specs = re.findall(r"%pip install (.*)", install)
-    assert specs == [f'-q "esa-tutorial @ git+{REPO_URL}@{nbtools.RELEASE}"']
-    assert re.fullmatch(r"v\d+\.\d+\.\d+|[0-9a-f]{40}", nbtools.RELEASE), "pin a tag or a full commit"
-    assert "torch" not in specs[0], "Colab's own torch must be kept"
-    version = re.search(r'^version\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
-    if nbtools.RELEASE.startswith("v"):
-        assert nbtools.RELEASE == f"v{version}", "the pinned tag must be the package's version"
+    # The source is the repository at the branch of the badge; no tag to forget.
+    assert f'source = "git+{REPO_URL}@{BRANCH}"' in install
+    assert "/blob/" + BRANCH + "/" in nbtools.header_cells("any", "Any")[0].source
+    assert "torch" not in install.split("keeping Colab's own torch")[1], (
+        "the cell must not install torch: Colab's own is kept")
+    assert "--upgrade" not in install and "-U" not in install.split()
+    assert all(len(line) <= 88 for line in install.splitlines())
 
 
-class _RecordingShell:
-    """Stands in for ``get_ipython()``: records magics instead of running them."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-
-    def run_line_magic(self, name: str, line: str) -> None:
-        self.calls.append((name, line))
-
-    def system(self, command: str) -> None:
-        self.calls.append(("!", command))
+def test_pyproject_keeps_any_newer_torch():
+    """No upper bound: on Colab pip then keeps the GPU torch that is already there."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch_spec = next(d for d in deps if re.match(r"torch\b", d))
+    assert "<" not in torch_spec and "==" not in torch_spec, torch_spec
 
 
-def _run_install_cell(source: str) -> list[tuple[str, str]]:
-    """Execute the cell as IPython would (magics become ``get_ipython()`` calls)."""
-    shell = _RecordingShell()
+class _Completed:
+    def __init__(self, returncode: int, stderr: str = "") -> None:
+        self.returncode, self.stderr, self.stdout = returncode, stderr, ""
+
+
+def _run_install_cell(source: str, monkeypatch, returncode: int = 0, stderr: str = "") -> list:
+    """Execute the cell as IPython would, recording the commands it would run."""
+    calls: list = []
+
+    def fake_run(args, **kwargs):
+        calls.append(list(args))
+        return _Completed(returncode, stderr)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
     code = TransformerManager().transform_cell(source)
-    exec(compile(code, "<install cell>", "exec"), {"get_ipython": lambda: shell})
-    return shell.calls
+    exec(compile(code, "<install cell>", "exec"), {"get_ipython": lambda: None})
+    return calls
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_rel)
 def test_install_cell_does_nothing_outside_colab(path, monkeypatch):
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
-    assert _run_install_cell(_read(path).cells[1].source) == []
+    assert _run_install_cell(_read(path).cells[1].source, monkeypatch) == []
 
 
-def test_install_cell_installs_on_colab(monkeypatch):
+def test_install_cell_installs_on_colab(monkeypatch, capsys):
     """The converse, so that the test above cannot pass with a cell that never installs."""
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
     source = nbtools.header_cells("any", "Any")[1].source
-    assert _run_install_cell(source) == [
-        ("pip", f'install -q "esa-tutorial @ git+{REPO_URL}@{nbtools.RELEASE}"')]
+    assert _run_install_cell(source, monkeypatch) == [
+        [sys.executable, "-m", "pip", "install", "-q", f"esa-tutorial @ git+{REPO_URL}@{BRANCH}"]]
+    assert capsys.readouterr().out == f"installed esa-tutorial from git+{REPO_URL}@{BRANCH}\n"
+
+
+def test_install_cell_stops_with_pips_error_when_the_install_fails(monkeypatch):
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    source = nbtools.header_cells("any", "Any")[1].source
+    error = "ERROR: Could not find a version that satisfies the requirement"
+    with pytest.raises(RuntimeError, match=rf"pip could not install esa-tutorial from "
+                                           rf"git\+{re.escape(REPO_URL)}@{BRANCH}:\n{error}"):
+        _run_install_cell(source, monkeypatch, returncode=1, stderr=error)
 
 
 def _headings(cells: list) -> list[tuple[int, int, str]]:
