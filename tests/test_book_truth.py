@@ -25,12 +25,6 @@ _spec.loader.exec_module(book_truth)
 KNOWN_DRIFT = {
     "notebooks/06_ablation.ipynb": "MyST roles in notebook markdown",
     "notebooks/07_making_esa_fast.ipynb": "MyST roles and a (label)= line in notebook markdown",
-    "notebooks/exercises/ex1_ppm.ipynb": "MyST roles in notebook markdown",
-    "notebooks/exercises/ex2_esa_forward.ipynb": "MyST roles in notebook markdown",
-    "notebooks/exercises/ex3_cost_by_hand.ipynb": "MyST roles; '2 FLOPs per multiply-add' unmarked",
-    "notebooks/exercises/ex4_folding_step.ipynb": "MyST roles in notebook markdown",
-    "notebooks/exercises/ex5_ldnet_experiment.ipynb": "MyST roles in notebook markdown",
-    "book/instructors.md": "'30--45 min' estimates in the table not marked as estimates",
 }
 
 

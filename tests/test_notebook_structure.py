@@ -111,7 +111,7 @@ def test_a_student_versions_badge_and_install_cell_are_the_sources(path):
     """A student version keeps no badge, or one opening itself; an install cell, or none."""
     cells = _read(path).cells
     colab = f"https://colab.research.google.com/github/{SLUG}/blob/{BRANCH}/{_rel(path)}"
-    badges = re.findall(r"\]\((https://colab\.research\.google\.com/[^)]*)\)", cells[0].source)
+    badges = re.findall(r"\]\((https://colab\.research\.google\.com/github/[^)]*)\)", cells[0].source)
     assert badges in ([], [colab]), f"{_rel(path)}: the badge must open this student version"
     installs = [c for c in cells if c.cell_type == "code" and "google.colab" in c.source]
     expected = nbtools.header_cells(path.stem, "Any", "notebooks/exercises")[1].source
