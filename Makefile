@@ -66,6 +66,10 @@ browser-deps:
 # Debian's bubblewrap, the sandbox the course grader runs each submission in (CI runs as root).
 sandbox-deps:
 	@command -v bwrap >/dev/null || { \
+	  command -v apt-get >/dev/null || { \
+	    echo "The grader's tests need bubblewrap ('bwrap') on PATH, and this machine has no"; \
+	    echo "apt-get to install it. Install it with your package manager (for example:"; \
+	    echo "dnf install bubblewrap) and run make test again."; exit 1; }; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q bubblewrap; }
 
