@@ -11,12 +11,13 @@ import torch
 from torch import nn
 
 import esa_tutorial.train as train
+import esa_tutorial.train.__main__ as cli
+import esa_tutorial.train.loop as loop
+from esa_tutorial.checkpoints import load_checkpoint
 from esa_tutorial.train import (
     TrainConfig,
-    atomic_save,
     bce_dice_loss,
     deep_supervision_loss,
-    load_checkpoint,
     poly_lr,
     run_experiment,
     saved_activation_bytes,
@@ -85,24 +86,10 @@ def test_poly_schedule_values() -> None:
 # --------------------------------------------------------------------------- checkpoints
 
 
-class _Unpicklable:
-    def __reduce__(self):
-        raise RuntimeError("disk full (simulated)")
-
-
-def test_atomic_save_keeps_the_old_checkpoint_when_writing_fails(tmp_path: Path) -> None:
-    path = tmp_path / "last.pt"
-    atomic_save({"epoch": 1}, path)
-    with pytest.raises(RuntimeError, match="disk full"):
-        atomic_save({"epoch": 2, "bad": _Unpicklable()}, path)
-    assert load_checkpoint(path) == {"epoch": 1}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left behind
-
-
 def test_resume_after_a_crash_repeats_the_uninterrupted_run(tmp_path: Path, monkeypatch) -> None:
     straight = run_experiment(TrainConfig(**TINY, checkpoint_dir=str(tmp_path / "a")))
 
-    real_evaluate, calls = train.evaluate, []
+    real_evaluate, calls = loop.evaluate, []
 
     def crash_in_second_epoch(*args, **kwargs):
         calls.append(1)
@@ -110,18 +97,18 @@ def test_resume_after_a_crash_repeats_the_uninterrupted_run(tmp_path: Path, monk
             raise KeyboardInterrupt  # killed after epoch 1's checkpoint, before epoch 2's
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(train, "evaluate", crash_in_second_epoch)
+    monkeypatch.setattr(loop, "evaluate", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(TrainConfig(**TINY, checkpoint_dir=str(tmp_path / "b")))
-    assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 1
-    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["extra"]["epoch"] == 1
+    monkeypatch.setattr(loop, "evaluate", real_evaluate)
     resumed = run_experiment(TrainConfig(**TINY, checkpoint_dir=str(tmp_path / "b"), resume=True))
 
     a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
-    assert a["epoch"] == b["epoch"] == 2
+    assert a["extra"]["epoch"] == b["extra"]["epoch"] == 2
     for name, value in a["model"].items():
         torch.testing.assert_close(b["model"][name], value, rtol=0, atol=0)
-    torch.testing.assert_close(b["optimizer"]["state"], a["optimizer"]["state"], rtol=0, atol=0)
+    torch.testing.assert_close(b["extra"]["optimizer"]["state"], a["extra"]["optimizer"]["state"], rtol=0, atol=0)
     assert resumed.history["step_loss"] == straight.history["step_loss"]
     assert resumed.history["val_dice"] == straight.history["val_dice"]
     assert (resumed.best_epoch, resumed.best) == (straight.best_epoch, straight.best)
@@ -183,36 +170,36 @@ def test_saved_activation_bytes_leaves_batch_norm_statistics_alone() -> None:
 )
 def test_cli_argument_errors(argv: list[str], message: str, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        train.main(argv)
+        cli.main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
 
 def test_cli_resume_without_checkpoint(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
-        train.main(["--synthetic", "--resume", "--checkpoint-dir", str(tmp_path)])
+        cli.main(["--synthetic", "--resume", "--checkpoint-dir", str(tmp_path)])
     assert "--resume: no checkpoint at" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cli_cuda_without_gpu(capsys) -> None:
     with pytest.raises(SystemExit):
-        train.main(["--synthetic", "--device", "cuda"])
+        cli.main(["--synthetic", "--device", "cuda"])
     assert "CUDA is not available" in capsys.readouterr().err
 
 
 def test_cli_quick_defaults_and_overrides() -> None:
-    args = train.build_parser().parse_args(["--synthetic", "--quick", "--epochs", "3", "--no-lca"])
-    config = train.config_from_args(args)
+    args = cli.build_parser().parse_args(["--synthetic", "--quick", "--epochs", "3", "--no-lca"])
+    config = cli.config_from_args(args)
     assert (config.size, config.lr, config.epochs, config.use_lca) == (64, 0.05, 3, False)
-    assert train.config_from_args(train.build_parser().parse_args(["--synthetic"])).lr == 1e-3
+    assert cli.config_from_args(cli.build_parser().parse_args(["--synthetic"])).lr == 1e-3
 
 
 def test_cli_tiny_run_ends_with_the_scores_line(tmp_path: Path, capsys) -> None:
     argv = ["--synthetic", "--size", "32", "--n-train", "8", "--n-val", "4", "--batch-size", "4", "--epochs", "1",
             "--width", "4", "--heads", "1", "--dim-head", "4", "--mlp-dim", "8", "--device", "cpu",
             "--no-progress", "--checkpoint-dir", str(tmp_path)]
-    train.main(argv)
+    cli.main(argv)
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(r"val dice=\d\.\d{3} miou=\d\.\d{3}", last)
     assert (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
