@@ -191,11 +191,14 @@ def _torch_load(source: Any, path: Path, map_location: str | torch.device) -> An
         return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         # torch's message suggests weights_only=False, which would run code from the file: keep only its reason.
-        reason = next((line.strip() for line in str(err).splitlines()
-                       if "unsupported" in line.lower() or "global" in line.lower()), "")
+        lines = [line.strip() for line in str(err).splitlines()]
+        reason = next((line for line in lines if "global" in line.lower()), None)
+        if reason is None:
+            raise CheckpointError(f"{path} is not a readable torch file ({lines[-1] if lines else 'unpickling failed'})") \
+                from None
         raise CheckpointError(
             f"{path} holds objects other than tensors and plain containers, so it is not loaded "
-            f"(only weights are trusted){': ' + reason if reason else ''}"
+            f"(only weights are trusted): {reason}"
         ) from None
     except (RuntimeError, EOFError, OSError, KeyError, UnicodeDecodeError, ValueError, TypeError) as err:
         raise CheckpointError(f"{path} is not a readable torch file ({type(err).__name__}: {err})") from None
