@@ -1,18 +1,18 @@
 """Polyp segmentation data: a synthetic generator, the public folder layout, augmentation, a download helper.
 
-``SyntheticPolyps`` (:mod:`~esa_tutorial.data.synthetic`)
+``SyntheticPolyps`` (``esa_tutorial.data.synthetic``)
     endoscopy-like images drawn with NumPy, each with its exact mask. No
     files, no download: every chapter and test can train on it anywhere.
-``PolypFolder`` (:mod:`~esa_tutorial.data.folder`)
+``PolypFolder`` (``esa_tutorial.data.folder``)
     the ``images/`` + ``masks/`` layout of Kvasir-SEG and CVC-ClinicDB. Files
-    are read by the rules of :mod:`~esa_tutorial.data.images` (every bit
+    are read by the rules of :mod:`esa_tutorial.data.images` (every bit
     depth scaled to [0, 1]; masks binarised by explicit rules, ambiguous ones
     rejected with the file named).
-``AugmentRecipe``, ``augment_pair``, ``Augmented`` (:mod:`~esa_tutorial.data.augment`)
+``AugmentRecipe``, ``augment_pair``, ``Augmented`` (``esa_tutorial.data.augment``)
     the steps, order and probabilities of LDNet's training transform
     (resize, flips, rotation in [-90, 90] degrees, zoom, random crop), applied
     to image and mask together; sizes scale to smaller images.
-``download_kvasir`` (:mod:`~esa_tutorial.data.download`)
+``download_kvasir`` (``esa_tutorial.data.download``)
     fetch and unpack Kvasir-SEG safely (needs internet; these build machines have none).
 
 Every sample is ``(image, mask)``: image float32 (3, size, size) in [0, 1],

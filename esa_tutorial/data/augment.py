@@ -13,7 +13,7 @@ LDNet's training transform (``datasets/Polyp.py`` with the classes of
 6. a random 224 x 224 crop, last.
 
 :class:`AugmentRecipe` has these steps, order and probabilities
-(:data:`LDNET_RECIPE`), written here with Pillow and NumPy. Where this code
+(``LDNET_RECIPE``), written here with Pillow and NumPy. Where this code
 differs from LDNet's: the mask is resampled with nearest neighbour in every
 step, so it stays binary (LDNet's code resizes the mask bilinearly and zooms it
 with a cubic spline); the image is resized, rotated and zoomed bilinearly
@@ -118,7 +118,7 @@ class AugmentRecipe:
     """Resize, flips, rotation, zoom, random crop (see the module docstring), applied to a pair alike.
 
     The defaults are the sizes and probabilities of LDNet's code
-    (:data:`LDNET_RECIPE`); :meth:`for_size` scales the sizes to another crop.
+    (``LDNET_RECIPE``); :meth:`for_size` scales the sizes to another crop.
     """
 
     resize: int = 256

@@ -70,7 +70,7 @@ class PolypFolder(Dataset):
     :mod:`esa_tutorial.data.images`. ``ds[i]`` is ``(image, mask)``: float32
     (3, size, size) in [0, 1] and float32 (1, size, size) in {0, 1}.
 
-    ``train=True`` applies :class:`~esa_tutorial.data.augment.AugmentRecipe`
+    ``train=True`` applies :class:`~esa_tutorial.data.AugmentRecipe`
     (LDNet's steps, sizes scaled to ``size``: ``AugmentRecipe.for_size(size)``);
     ``train=False`` only resizes to ``size x size`` (bilinear, the mask
     thresholded at 0.5). ``seed`` fixes the augmentation per ``(seed, epoch,
@@ -147,7 +147,7 @@ class PolypFolder(Dataset):
 
 
 class Augmented(Dataset):
-    """Apply an :class:`~esa_tutorial.data.augment.AugmentRecipe` to the pairs of another dataset.
+    """Apply an :class:`~esa_tutorial.data.AugmentRecipe` to the pairs of another dataset.
 
     ``dataset[i]`` must be ``(image (3, H, W), mask (1, H, W))`` tensors, e.g.
     :class:`~esa_tutorial.data.SyntheticPolyps`. ``seed`` and :meth:`set_epoch`
@@ -155,7 +155,7 @@ class Augmented(Dataset):
     AugmentRecipe.for_size(64))`` is the recipe scaled to 64-pixel images.
     """
 
-    def __init__(self, dataset: Dataset, recipe: AugmentRecipe, seed: int | None = None) -> None:
+    def __init__(self, dataset: torch.utils.data.Dataset, recipe: AugmentRecipe, seed: int | None = None) -> None:
         self.dataset, self.recipe, self.seed, self.epoch = dataset, recipe, seed, 0
 
     def __len__(self) -> int:

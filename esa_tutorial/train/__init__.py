@@ -6,9 +6,8 @@ One code path for the command line and the notebooks::
     python -m esa_tutorial.train --data kvasir/ --epochs 80  # LDNet's recipe on a folder
 
 and in Python ``run_experiment(TrainConfig(...))`` (chapters 5 and 6). The
-library is in small modules: :mod:`~esa_tutorial.train.losses`,
-:mod:`~esa_tutorial.train.schedule`, :mod:`~esa_tutorial.train.config`,
-:mod:`~esa_tutorial.train.loop`; the command line is ``__main__``. Library
+library is in small modules: ``losses``, ``schedule``, ``config`` and
+``loop``; the command line is ``__main__``. Library
 code never seeds global random state; scripts and notebooks call
 :func:`~esa_tutorial.seed_everything` themselves if they want to.
 

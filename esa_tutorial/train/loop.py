@@ -101,7 +101,7 @@ def build_model(config: TrainConfig, device: torch.device) -> LDNet:
         return LDNet(**config.model_kwargs()).to(device)
 
 
-def make_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
+def make_datasets(config: TrainConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
     """Training and validation sets of a config (synthetic or from folders).
 
     The training set is augmented when ``config.augments``: folders with
@@ -126,7 +126,8 @@ def make_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
     return Subset(train, order[n_val:]), Subset(val, order[:n_val])
 
 
-def make_loaders(config: TrainConfig, train_set: Dataset, val_set: Dataset) -> tuple[DataLoader, DataLoader]:
+def make_loaders(config: TrainConfig, train_set: torch.utils.data.Dataset, val_set: torch.utils.data.Dataset,
+                 ) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
     """Shuffled training batches (a partial last batch dropped) and validation batches in order.
 
     The training loader's generator is reseeded each epoch by :func:`train_epoch`.
@@ -169,7 +170,7 @@ def saved_activation_bytes(model: nn.Module, images: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device) -> dict[str, float]:
     """Mean validation scores of the finest output plus the deep-supervision ``loss``."""
     model.eval()
     totals: dict[str, float] = {}
@@ -220,9 +221,11 @@ def _diverged(what: str, step: int, total: int, epoch: int, lr: float, config: T
     )
 
 
-def train_epoch(state: TrainState, loader: DataLoader, config: TrainConfig, device: torch.device,
-                bar: tqdm | None = None) -> tuple[list[float], list[float]]:
+def train_epoch(state: TrainState, loader: torch.utils.data.DataLoader, config: TrainConfig, device: torch.device,
+                bar: Any = None) -> tuple[list[float], list[float]]:
     """One epoch of SGD steps with the poly schedule: (loss per step, seconds per step).
+
+    ``bar``, a tqdm progress bar or ``None``, advances by one per step.
 
     Raises :class:`TrainingDiverged` as soon as the loss or a weight is not finite.
     """
