@@ -392,3 +392,21 @@ def test_synthetic_training_can_use_the_scaled_augmentation() -> None:
 def test_amp_training_on_cuda(amp: str) -> None:
     result = run_experiment(TrainConfig(**{**TINY, "device": "cuda", "amp": amp}))
     assert all(math.isfinite(x) for x in result.history["step_loss"])
+
+
+def test_cli_names_an_ambiguous_mask_and_exits_1(tmp_path: Path, capsys) -> None:
+    from PIL import Image
+    import numpy as np
+
+    _write_folder(tmp_path / "polyps", 4)
+    label_map = np.zeros((32, 32), np.uint8)
+    label_map[4:12, 4:12], label_map[20:24, 20:24] = 1, 2  # two foreground ids: which one is the polyp?
+    Image.fromarray(label_map).save(tmp_path / "polyps" / "masks" / "0.png")
+    argv = ["--data", str(tmp_path / "polyps"), "--size", "32", "--batch-size", "2", "--epochs", "1",
+            "--width", "4", "--heads", "1", "--dim-head", "4", "--mlp-dim", "8", "--device", "cpu",
+            "--no-progress", "--no-augment", "--checkpoint-dir", str(tmp_path / "runs")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "masks/0.png looks like a label map with several foreground ids {0:" in err

@@ -84,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> ExperimentResult:
     seed_everything(config.seed)  # a script may seed globally; run_experiment itself never does
     try:
         result = run_experiment(config, log=print)
-    except (TrainingDiverged, CheckpointError) as err:
+    except (TrainingDiverged, CheckpointError, ValueError, FileNotFoundError) as err:
+        # Diverged runs, damaged checkpoints, unreadable data files: the message names the cause.
         parser.exit(1, f"{parser.prog}: error: {err}\n")
     print(f"best epoch {result.best_epoch}, saved in {Path(config.checkpoint_dir) / 'best.pt'}")
     print(f"val dice={result.best['dice']:.3f} miou={result.best['miou']:.3f}")
