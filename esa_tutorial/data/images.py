@@ -49,6 +49,17 @@ GREY_LOW, GREY_HIGH = 32, 223  # MID_LOW and MID_HIGH in 8 bits, for messages an
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
+def _decoded(path: Path) -> Image.Image:
+    """``Image.open`` plus ``load()``, closing the file if decoding fails."""
+    im = Image.open(path)
+    try:
+        im.load()
+    except BaseException:
+        im.close()
+        raise
+    return im
+
+
 def open_image(path: Path | str) -> Image.Image:
     """Open and fully decode an image file; unreadable files raise ``ValueError`` naming ``path``.
 
@@ -57,9 +68,7 @@ def open_image(path: Path | str) -> Image.Image:
     """
     path = Path(path)
     try:
-        im = Image.open(path)
-        im.load()
-        return im
+        return _decoded(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"file vanished since the dataset was indexed: {path}") from None
     except Image.DecompressionBombError as err:
