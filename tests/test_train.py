@@ -410,3 +410,19 @@ def test_cli_names_an_ambiguous_mask_and_exits_1(tmp_path: Path, capsys) -> None
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "masks/0.png looks like a label map with several foreground ids {0:" in err
+
+
+def test_model_from_checkpoint_rebuilds_the_best_model(tmp_path: Path) -> None:
+    from esa_tutorial.checkpoints import CheckpointError, save_checkpoint
+
+    result = run_experiment(TrainConfig(**{**TINY, "epochs": 1}, checkpoint_dir=str(tmp_path)))
+    model = train.model_from_checkpoint(tmp_path / "best.pt")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], result.model(x)[0], rtol=0, atol=0)
+    save_checkpoint(tmp_path / "bare.pt", model.state_dict(), {})
+    with pytest.raises(CheckpointError, match="bare.pt has no 'model_kwargs'"):
+        train.model_from_checkpoint(tmp_path / "bare.pt")
+    save_checkpoint(tmp_path / "wrong.pt", model.state_dict(), {}, {"model_kwargs": {"width": 8}})
+    with pytest.raises(CheckpointError, match=r"wrong.pt: its weights do not fit LDNet\(\*\*\{'width': 8\}\)"):
+        train.model_from_checkpoint(tmp_path / "wrong.pt")

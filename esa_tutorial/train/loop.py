@@ -314,6 +314,25 @@ def resume(state: TrainState, config: TrainConfig, ckpt_dir: Path) -> None:
         state.best_state = load_checkpoint(ckpt_dir / "best.pt")["model"]
 
 
+def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LDNet:
+    """Rebuild the LDNet of a ``best.pt``/``last.pt`` (its ``model_kwargs``) with its weights, in eval mode.
+
+    Raises :class:`~esa_tutorial.checkpoints.CheckpointError` naming the file
+    if it lacks ``model_kwargs`` or its weights do not fit the network they describe.
+    """
+    ckpt = load_checkpoint(path)
+    kwargs = ckpt["extra"].get("model_kwargs")
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"checkpoint {path} has no 'model_kwargs' in its extra: it does not say which LDNet "
+                              "to build (save it with extra={'model_kwargs': ...})")
+    try:
+        model = LDNet(**kwargs)
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {path}: its weights do not fit LDNet(**{kwargs}) ({err})") from None
+    return model.to(device).eval()
+
+
 # --------------------------------------------------------------------------- the experiment
 
 
