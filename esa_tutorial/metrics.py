@@ -123,11 +123,22 @@ def segmentation_scores(probs: torch.Tensor, target: torch.Tensor, threshold: fl
     Returns:
         ``{name: float}`` for the names in ``METRICS``: recall, specificity,
         precision, dice, f2, accuracy, iou_polyp, iou_background, miou.
+
+    Raises:
+        ValueError: for NaN or inf probabilities, values outside [0, 1], a
+            non-binary target, or shapes that differ.
     """
     _check_masks(probs, target, "segmentation_scores")
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must lie in (0, 1), got {threshold!r}")
     probs = probs.detach().double()
+    finite = torch.isfinite(probs)
+    if not bool(finite.all()):
+        # NaN compares False with everything: unchecked it would be scored as background.
+        raise ValueError(
+            f"segmentation_scores got {int((~finite).sum())} non-finite probabilities (NaN or inf) of "
+            f"{probs.numel()}: the model's outputs are not finite (did the training diverge?)"
+        )
     if probs.min() < 0 or probs.max() > 1:
         raise ValueError(
             f"segmentation_scores expects probabilities in [0, 1], got values in "

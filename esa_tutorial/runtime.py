@@ -11,7 +11,17 @@ import torch
 
 
 def seed_everything(seed: int = 0) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) so that a run repeats exactly."""
+    """Seed Python's ``random``, NumPy's global generator and torch's (CPU and every CUDA device).
+
+    It also changes process-wide state: cuDNN is set to deterministic
+    algorithms without benchmarking, and ``PYTHONHASHSEED`` is set in
+    ``os.environ``, which affects child processes only (string hashing of the
+    running interpreter is fixed at its start). Operations without a
+    deterministic implementation, other libraries' generators, and the order
+    of floating-point reductions across thread counts or machines are not
+    covered. For scripts and notebooks; library code takes a seed or a
+    ``torch.Generator`` instead.
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

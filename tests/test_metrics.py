@@ -137,3 +137,16 @@ def test_bad_threshold_raises(threshold) -> None:
 def test_metric_functions_reject_soft_predictions() -> None:
     with pytest.raises(ValueError, match="threshold probabilities first"):
         metrics.dice(torch.full((1, 1, 2, 2), 0.7), torch.ones(1, 1, 2, 2))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_probabilities_are_rejected(bad: float) -> None:
+    """B1: NaN compared False with the range check and was scored as background (miou 0.47)."""
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., :2, :2] = 1
+    probs = torch.full((1, 1, 8, 8), 0.2)
+    probs[0, 0, 3, 3] = bad
+    with pytest.raises(ValueError, match=r"got 1 non-finite probabilities \(NaN or inf\) of 64"):
+        segmentation_scores(probs, target)
+    with pytest.raises(ValueError, match="non-finite probabilities"):
+        segmentation_scores(torch.full((1, 1, 8, 8), float("nan")), target)

@@ -11,12 +11,13 @@ import torch
 from torch import nn
 
 import esa_tutorial.train as train
+import esa_tutorial.train.__main__ as cli
+import esa_tutorial.train.loop as loop
+from esa_tutorial.checkpoints import load_checkpoint
 from esa_tutorial.train import (
     TrainConfig,
-    atomic_save,
     bce_dice_loss,
     deep_supervision_loss,
-    load_checkpoint,
     poly_lr,
     run_experiment,
     saved_activation_bytes,
@@ -85,24 +86,10 @@ def test_poly_schedule_values() -> None:
 # --------------------------------------------------------------------------- checkpoints
 
 
-class _Unpicklable:
-    def __reduce__(self):
-        raise RuntimeError("disk full (simulated)")
-
-
-def test_atomic_save_keeps_the_old_checkpoint_when_writing_fails(tmp_path: Path) -> None:
-    path = tmp_path / "last.pt"
-    atomic_save({"epoch": 1}, path)
-    with pytest.raises(RuntimeError, match="disk full"):
-        atomic_save({"epoch": 2, "bad": _Unpicklable()}, path)
-    assert load_checkpoint(path) == {"epoch": 1}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left behind
-
-
 def test_resume_after_a_crash_repeats_the_uninterrupted_run(tmp_path: Path, monkeypatch) -> None:
     straight = run_experiment(TrainConfig(**TINY, checkpoint_dir=str(tmp_path / "a")))
 
-    real_evaluate, calls = train.evaluate, []
+    real_evaluate, calls = loop.evaluate, []
 
     def crash_in_second_epoch(*args, **kwargs):
         calls.append(1)
@@ -110,18 +97,18 @@ def test_resume_after_a_crash_repeats_the_uninterrupted_run(tmp_path: Path, monk
             raise KeyboardInterrupt  # killed after epoch 1's checkpoint, before epoch 2's
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(train, "evaluate", crash_in_second_epoch)
+    monkeypatch.setattr(loop, "evaluate", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(TrainConfig(**TINY, checkpoint_dir=str(tmp_path / "b")))
-    assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 1
-    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["extra"]["epoch"] == 1
+    monkeypatch.setattr(loop, "evaluate", real_evaluate)
     resumed = run_experiment(TrainConfig(**TINY, checkpoint_dir=str(tmp_path / "b"), resume=True))
 
     a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
-    assert a["epoch"] == b["epoch"] == 2
+    assert a["extra"]["epoch"] == b["extra"]["epoch"] == 2
     for name, value in a["model"].items():
         torch.testing.assert_close(b["model"][name], value, rtol=0, atol=0)
-    torch.testing.assert_close(b["optimizer"]["state"], a["optimizer"]["state"], rtol=0, atol=0)
+    torch.testing.assert_close(b["extra"]["optimizer"]["state"], a["extra"]["optimizer"]["state"], rtol=0, atol=0)
     assert resumed.history["step_loss"] == straight.history["step_loss"]
     assert resumed.history["val_dice"] == straight.history["val_dice"]
     assert (resumed.best_epoch, resumed.best) == (straight.best_epoch, straight.best)
@@ -183,36 +170,36 @@ def test_saved_activation_bytes_leaves_batch_norm_statistics_alone() -> None:
 )
 def test_cli_argument_errors(argv: list[str], message: str, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        train.main(argv)
+        cli.main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
 
 def test_cli_resume_without_checkpoint(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
-        train.main(["--synthetic", "--resume", "--checkpoint-dir", str(tmp_path)])
+        cli.main(["--synthetic", "--resume", "--checkpoint-dir", str(tmp_path)])
     assert "--resume: no checkpoint at" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cli_cuda_without_gpu(capsys) -> None:
     with pytest.raises(SystemExit):
-        train.main(["--synthetic", "--device", "cuda"])
+        cli.main(["--synthetic", "--device", "cuda"])
     assert "CUDA is not available" in capsys.readouterr().err
 
 
 def test_cli_quick_defaults_and_overrides() -> None:
-    args = train.build_parser().parse_args(["--synthetic", "--quick", "--epochs", "3", "--no-lca"])
-    config = train.config_from_args(args)
+    args = cli.build_parser().parse_args(["--synthetic", "--quick", "--epochs", "3", "--no-lca"])
+    config = cli.config_from_args(args)
     assert (config.size, config.lr, config.epochs, config.use_lca) == (64, 0.05, 3, False)
-    assert train.config_from_args(train.build_parser().parse_args(["--synthetic"])).lr == 1e-3
+    assert cli.config_from_args(cli.build_parser().parse_args(["--synthetic"])).lr == 1e-3
 
 
 def test_cli_tiny_run_ends_with_the_scores_line(tmp_path: Path, capsys) -> None:
     argv = ["--synthetic", "--size", "32", "--n-train", "8", "--n-val", "4", "--batch-size", "4", "--epochs", "1",
             "--width", "4", "--heads", "1", "--dim-head", "4", "--mlp-dim", "8", "--device", "cpu",
             "--no-progress", "--checkpoint-dir", str(tmp_path)]
-    train.main(argv)
+    cli.main(argv)
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(r"val dice=\d\.\d{3} miou=\d\.\d{3}", last)
     assert (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
@@ -240,3 +227,202 @@ def test_trains_on_a_folder_with_a_held_out_split(tmp_path: Path) -> None:
     assert train_set.dataset.train and not val_set.dataset.train  # augment the training part only
     result = run_experiment(config)
     assert len(result.history["step_loss"]) == 4 and 0.0 <= result.best["dice"] <= 1.0
+
+
+# --------------------------------------------------------------------------- divergence, options, global state
+
+
+def test_a_diverging_run_stops_naming_the_step_and_the_learning_rate(tmp_path: Path) -> None:
+    """B1: lr 1e6 used to train on NaN weights, exit 0 and save them as best.pt."""
+    with pytest.raises(train.TrainingDiverged, match=r"diverged at step \d+ of 4 \(epoch 1\): .*learning rate") as info:
+        run_experiment(TrainConfig(**{**TINY, "lr": 1e6}, checkpoint_dir=str(tmp_path)))
+    assert "try a smaller lr" in str(info.value)
+    assert not (tmp_path / "best.pt").exists() and not (tmp_path / "last.pt").exists()
+
+
+def test_divergence_in_a_later_epoch_keeps_the_finite_checkpoints(tmp_path: Path, monkeypatch) -> None:
+    """The NaN epoch is never chosen as best: the checkpoints keep the last finite epoch."""
+    real_step, calls = torch.optim.SGD.step, []
+
+    def poison_in_epoch_two(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:  # the first step of epoch 2 (2 steps per epoch)
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch.optim.SGD, "step", poison_in_epoch_two)
+    with pytest.raises(train.TrainingDiverged, match=r"step 3 of 4 \(epoch 2\): weight '.*' holds NaN or inf"):
+        run_experiment(TrainConfig(**TINY, checkpoint_dir=str(tmp_path)))
+    for name in ("best.pt", "last.pt"):
+        ckpt = load_checkpoint(tmp_path / name)
+        assert ckpt["extra"]["epoch"] == 1
+        assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_cli_exits_non_zero_on_divergence(tmp_path: Path, capsys) -> None:
+    argv = ["--synthetic", "--size", "32", "--n-train", "8", "--n-val", "4", "--batch-size", "4", "--epochs", "1",
+            "--width", "4", "--heads", "1", "--dim-head", "4", "--mlp-dim", "8", "--device", "cpu",
+            "--no-progress", "--lr", "1e6", "--checkpoint-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 1
+    assert "training diverged at step" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--lr", "inf"], "lr must be a finite number > 0, got inf"),
+        (["--lr", "nan"], "lr must be a finite number > 0, got nan"),
+        (["--power", "nan"], "power must be a finite number >= 0, got nan"),
+        (["--momentum", "-1"], "momentum must be a finite number >= 0"),
+        (["--seed", "-1"], r"seed must be an integer in \[0, 2\*\*32\)"),
+        (["--num-workers", "-1"], "num_workers must be a non-negative integer"),
+        (["--heads", "0"], "heads must be a positive integer"),
+        (["--device", "meta"], "device 'meta' cannot train: use 'cpu' or 'cuda'"),
+        (["--device", "foo"], "device 'foo' is not a device torch knows"),
+        (["--size", "32", "--n-train", "1"], r"batch of 1 image at size 32 .*--batch-size\) >= 2"),
+        (["--size", "32", "--batch-size", "1"], r"batch of 1 image at size 32 .*--batch-size\) >= 2"),
+        (["--amp", "bf16", "--device", "cpu"], "amp='bf16' .* needs a CUDA device"),
+        (["--val-data", "/no/such"], None),
+    ],
+)
+def test_cli_checks_every_option_before_work(extra: list[str], message: str | None, capsys, tmp_path: Path) -> None:
+    """C3/C6: options used to fail after an epoch, or deep inside torch; exit 2 with the option named."""
+    argv = ["--synthetic", "--no-progress", "--checkpoint-dir", str(tmp_path / "runs"), *extra]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) if message else "error:" in err
+
+
+def test_cli_refuses_a_file_as_checkpoint_dir_at_once(tmp_path: Path, capsys) -> None:
+    """C3: a file given as --checkpoint-dir used to fail after the first epoch."""
+    (tmp_path / "file").write_text("x")
+    for target in ("file", "file/sub"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["--synthetic", "--checkpoint-dir", str(tmp_path / target)])
+        assert exit_info.value.code == 2
+        assert "checkpoint_dir" in capsys.readouterr().err
+
+
+def test_config_checks_batch_norm_batch_in_the_library() -> None:
+    with pytest.raises(ValueError, match="batch of 1 image at size 32"):
+        TrainConfig(size=32, n_train=1)
+    TrainConfig(size=64, n_train=1)  # a 2x2 top map is fine
+
+
+def _corrupt(path: Path, mode: str) -> None:
+    raw = bytearray(path.read_bytes())
+    if mode == "flip":
+        raw[len(raw) // 2] ^= 0x01
+        path.write_bytes(bytes(raw))
+    elif mode == "empty":
+        path.write_bytes(b"")
+    else:
+        path.write_text("not a checkpoint\n")
+
+
+@pytest.mark.parametrize("mode, message", [("flip", "is corrupted"), ("empty", "is empty"),
+                                           ("text", "is not a checkpoint")])
+def test_cli_resume_from_a_damaged_checkpoint_names_it(tmp_path: Path, capsys, mode: str, message: str) -> None:
+    """B7/C4: damaged last.pt files loaded silently or failed with EOFError / KeyError."""
+    argv = ["--synthetic", "--size", "32", "--n-train", "8", "--n-val", "4", "--batch-size", "4", "--epochs", "1",
+            "--width", "4", "--heads", "1", "--dim-head", "4", "--mlp-dim", "8", "--device", "cpu",
+            "--no-progress", "--checkpoint-dir", str(tmp_path)]
+    cli.main(argv)
+    _corrupt(tmp_path / "last.pt", mode)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*argv, "--resume"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert str(tmp_path / "last.pt") in err and message in err
+
+
+def test_resume_refuses_a_checkpoint_without_training_state(tmp_path: Path) -> None:
+    from esa_tutorial.checkpoints import CheckpointError, save_checkpoint
+
+    config = TrainConfig(**TINY, checkpoint_dir=str(tmp_path), resume=True)
+    model = train.build_model(config, torch.device("cpu"))
+    save_checkpoint(tmp_path / "last.pt", model.state_dict(), config.recipe(), {"epoch": 1})
+    with pytest.raises(CheckpointError, match=r"cannot resume .*last.pt: it lacks \['optimizer', 'history'"):
+        run_experiment(config)
+    extra = {"optimizer": {}, "epoch": -5, "history": {}, "best_epoch": 0, "best": {}}
+    save_checkpoint(tmp_path / "last.pt", model.state_dict(), config.recipe(), extra)
+    with pytest.raises(CheckpointError, match=r"epoch -5 / best_epoch 0 are not integers"):
+        run_experiment(config)
+
+
+def test_run_experiment_leaves_global_random_state_alone() -> None:
+    """No global seeding in the library: the caller's RNG is untouched and does not change the result."""
+    config = TrainConfig(**{**TINY, "epochs": 1})
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = run_experiment(config)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(999)
+    second = run_experiment(config)
+    assert first.history["step_loss"] == second.history["step_loss"]
+
+
+def test_progress_goes_to_stdout(capsys) -> None:
+    run_experiment(TrainConfig(**{**TINY, "epochs": 1, "progress": True}))
+    captured = capsys.readouterr()
+    assert "train" in captured.out and "train" not in captured.err
+
+
+def test_synthetic_training_can_use_the_scaled_augmentation() -> None:
+    from esa_tutorial.data import Augmented
+
+    config = TrainConfig(**{**TINY, "epochs": 1, "size": 64, "augment": True})
+    train_set, _ = train.make_datasets(config)
+    assert isinstance(train_set, Augmented) and (train_set.recipe.resize, train_set.recipe.crop) == (73, 64)
+    assert not isinstance(train.make_datasets(TrainConfig(**TINY))[0], Augmented)  # off by default for synthetic
+    result = run_experiment(config)
+    assert len(result.history["step_loss"]) == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_amp_training_on_cuda(amp: str) -> None:
+    result = run_experiment(TrainConfig(**{**TINY, "device": "cuda", "amp": amp}))
+    assert all(math.isfinite(x) for x in result.history["step_loss"])
+
+
+def test_cli_names_an_ambiguous_mask_and_exits_1(tmp_path: Path, capsys) -> None:
+    from PIL import Image
+    import numpy as np
+
+    _write_folder(tmp_path / "polyps", 4)
+    label_map = np.zeros((32, 32), np.uint8)
+    label_map[4:12, 4:12], label_map[20:24, 20:24] = 1, 2  # two foreground ids: which one is the polyp?
+    Image.fromarray(label_map).save(tmp_path / "polyps" / "masks" / "0.png")
+    argv = ["--data", str(tmp_path / "polyps"), "--size", "32", "--batch-size", "2", "--epochs", "1",
+            "--width", "4", "--heads", "1", "--dim-head", "4", "--mlp-dim", "8", "--device", "cpu",
+            "--no-progress", "--no-augment", "--checkpoint-dir", str(tmp_path / "runs")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "masks/0.png looks like a label map with several foreground ids {0:" in err
+
+
+def test_model_from_checkpoint_rebuilds_the_best_model(tmp_path: Path) -> None:
+    from esa_tutorial.checkpoints import CheckpointError, save_checkpoint
+
+    result = run_experiment(TrainConfig(**{**TINY, "epochs": 1}, checkpoint_dir=str(tmp_path)))
+    model = train.model_from_checkpoint(tmp_path / "best.pt")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], result.model(x)[0], rtol=0, atol=0)
+    save_checkpoint(tmp_path / "bare.pt", model.state_dict(), {})
+    with pytest.raises(CheckpointError, match="bare.pt has no 'model_kwargs'"):
+        train.model_from_checkpoint(tmp_path / "bare.pt")
+    save_checkpoint(tmp_path / "wrong.pt", model.state_dict(), {}, {"model_kwargs": {"width": 8}})
+    with pytest.raises(CheckpointError, match=r"wrong.pt: its weights do not fit LDNet\(\*\*\{'width': 8\}\)"):
+        train.model_from_checkpoint(tmp_path / "wrong.pt")

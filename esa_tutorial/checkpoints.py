@@ -1,0 +1,226 @@
+"""Checkpoint files that check themselves: a SHA-256 of the payload, atomic writes, named errors.
+
+A checkpoint file is a short text header followed by a ``torch.save`` payload::
+
+    ESA-TUTORIAL-CHECKPOINT 1\\n
+    sha256 <64 hex digits>\\n
+    bytes <payload length>\\n
+    <payload: torch.save({"model": ..., "config": ..., "extra": ...})>
+
+``torch.save``'s zip container does not verify its own CRCs when it loads, so
+a flipped byte in the weights would load silently; the checksum catches it.
+Files are written to a temporary file in the same folder and renamed into
+place, so a crash or a full disk leaves the previous checkpoint intact.
+Loading uses ``torch.load(weights_only=True)``: a payload can hold tensors,
+numbers, strings and plain containers, never code.
+
+Two functions are the whole interface::
+
+    save_checkpoint("best.pt", model.state_dict(), config={"width": 16}, extra={"epoch": 3})
+    ckpt = load_checkpoint("best.pt")   # {"model": ..., "config": ..., "extra": ...}
+    model.load_state_dict(ckpt["model"])
+
+A plain ``torch.load`` cannot read these files (the header comes first); use
+:func:`load_checkpoint`. Every failure raises :class:`CheckpointError` (a
+``ValueError``) or ``FileNotFoundError`` with the file's path and what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+MAGIC = b"ESA-TUTORIAL-CHECKPOINT 1\n"
+FORMAT_VERSION = 1
+MAX_HEADER = 256  # bytes read to find the header; the real one is about 120
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and the problem."""
+
+
+def atomic_write_bytes(data: bytes, path: PathLike) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    The rename is atomic on POSIX and Windows: readers see the old file or the
+    new one, never half of one. The temporary file is removed on any error.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_state_dict(state: Any, what: str, action: str = "load") -> None:
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise TypeError(f"{what} must be a dict of name -> tensor (a state_dict()), got {type(state).__name__}")
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{what}[{name!r}] must be a tensor, got {type(value).__name__}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(
+                f"refusing to {action} a model with non-finite weights: {what}[{name!r}] holds NaN or inf "
+                "(the training diverged)"
+            )
+
+
+def save_checkpoint(
+    path: PathLike,
+    model_state: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model_state`` (a ``state_dict()``), its ``config`` and ``extra`` to ``path``, atomically.
+
+    Args:
+        path: the file to write; its folder is created if missing.
+        model_state: name -> tensor; tensors are saved as they are (move them
+            to the CPU first if the file should load without a GPU).
+        config: what rebuilds the model (e.g. ``LDNet`` keyword arguments, a
+            training recipe): str keys, plain values.
+        extra: anything else worth keeping (epoch, scores, optimizer state), plain values and tensors.
+
+    Returns the path. Raises ``ValueError`` if a floating-point weight is NaN or
+    inf (a diverged model is never written), ``TypeError`` for a malformed argument.
+    """
+    _check_state_dict(model_state, "model_state", "save")
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    if extra is not None and not isinstance(extra, dict):
+        raise TypeError(f"extra must be a dict or None, got {type(extra).__name__}")
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT_VERSION, "model": model_state, "config": config, "extra": extra or {}}, buffer)
+    payload = buffer.getvalue()
+    header = MAGIC + f"sha256 {hashlib.sha256(payload).hexdigest()}\nbytes {len(payload)}\n".encode("ascii")
+    atomic_write_bytes(header + payload, path)
+    return Path(path)
+
+
+def _read_header(raw: bytes, path: Path) -> tuple[str, int, int]:
+    """(sha256 hex, payload length, payload offset) from a file's bytes, or a CheckpointError."""
+    if not raw.startswith(MAGIC):
+        if raw.startswith(b"PK\x03\x04"):
+            kind = "a plain torch.save file (no checksum), not one written by save_checkpoint"
+        elif raw.startswith(b"\x80"):
+            kind = "a pickle file, not a checkpoint written by save_checkpoint"
+        else:
+            kind = f"not a checkpoint: it starts with {raw[:16]!r}, expected {MAGIC[:-1].decode()!r}"
+        raise CheckpointError(f"checkpoint {path} is {kind}")
+    lines = raw[len(MAGIC) : MAX_HEADER].split(b"\n", 2)
+    try:
+        digest_line, size_line = lines[0].decode("ascii"), lines[1].decode("ascii")
+        tag, digest = digest_line.split(" ")
+        size_tag, size = size_line.split(" ")
+        if tag != "sha256" or size_tag != "bytes" or len(digest) != 64:
+            raise ValueError
+        int(digest, 16)
+        length = int(size)
+    except (IndexError, ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"checkpoint {path} has a damaged header (the lines after {MAGIC[:-1].decode()!r})") \
+            from None
+    offset = len(MAGIC) + len(digest_line) + len(size_line) + 2
+    return digest, length, offset
+
+
+def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and verify a file written by :func:`save_checkpoint`.
+
+    Returns ``{"model": state dict, "config": dict, "extra": dict}``, tensors on
+    ``map_location`` (the CPU by default). Raises ``FileNotFoundError`` when
+    nothing is at ``path`` and :class:`CheckpointError` naming the file when it
+    is a folder, empty, truncated, fails its SHA-256 check, is not a checkpoint,
+    holds objects other than tensors and plain containers, or lacks
+    ``model``/``config``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give the file inside it, e.g. {path / 'best.pt'}")
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+    raw = path.read_bytes()
+    if not raw:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): a write that never finished, or not a checkpoint")
+    digest, length, offset = _read_header(raw, path)
+    payload = raw[offset:]
+    if len(payload) != length:
+        raise CheckpointError(
+            f"checkpoint {path} is {'truncated' if len(payload) < length else 'longer than written'}: "
+            f"its header says {length} payload bytes, the file holds {len(payload)}"
+        )
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual != digest:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupted: the SHA-256 of its payload is {actual[:12]}..., "
+            f"the header says {digest[:12]}... (a changed byte since it was written)"
+        )
+    state = _torch_load(io.BytesIO(payload), path, map_location)
+    if not isinstance(state, dict) or "format" not in state:
+        raise CheckpointError(f"checkpoint {path} holds {type(state).__name__}, expected the dict save_checkpoint writes")
+    missing = [k for k in ("model", "config", "extra") if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}")
+    try:
+        _check_state_dict(state["model"], "model")
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path}: {err}") from None
+    if not isinstance(state["config"], dict) or not isinstance(state["extra"], dict):
+        raise CheckpointError(f"checkpoint {path}: 'config' and 'extra' must be dicts")
+    return {"model": state["model"], "config": state["config"], "extra": state["extra"]}
+
+
+def _torch_load(source: Any, path: Path, map_location: str | torch.device) -> Any:
+    """``torch.load(weights_only=True)`` with errors that name ``path`` (and never advise unsafe loading)."""
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message suggests weights_only=False, which would run code from the file: keep only its reason.
+        lines = [line.strip() for line in str(err).splitlines()]
+        reason = next((line for line in lines if "global" in line.lower()), None)
+        if reason is None:
+            raise CheckpointError(f"{path} is not a readable torch file ({lines[-1] if lines else 'unpickling failed'})") \
+                from None
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain containers, so it is not loaded "
+            f"(only weights are trusted): {reason}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, KeyError, UnicodeDecodeError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{path} is not a readable torch file ({type(err).__name__}: {err})") from None
+
+
+def load_state_dict_file(path: PathLike) -> dict[str, torch.Tensor]:
+    """Load a plain ``torch.save(model.state_dict(), path)`` file safely (``weights_only``), errors naming ``path``.
+
+    For files not written by :func:`save_checkpoint` (e.g. an encoder's
+    pretrained weights); there is no checksum to verify. Returns name -> tensor on the CPU.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, expected a state-dict file")
+    if not path.exists():
+        raise FileNotFoundError(f"no file at {str(path)!r}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes), expected a state dict saved with torch.save")
+    with path.open("rb") as f:
+        state = _torch_load(f, path, "cpu")
+    try:
+        _check_state_dict(state, "the file")
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    return state
