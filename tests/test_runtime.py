@@ -34,3 +34,14 @@ def test_seed_everything_repeats_draws():
     a = torch.randn(4)
     seed_everything(3)
     torch.testing.assert_close(torch.randn(4), a)
+
+
+def test_version_comes_from_the_package_metadata():
+    import tomllib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    import esa_tutorial
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert esa_tutorial.__version__ == version("esa-tutorial") == pyproject["project"]["version"]
