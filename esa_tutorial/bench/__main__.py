@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time a paper-sized LDNet training step, folded vs literal ESA")
     parser.add_argument("--ldnet-batch", type=_positive_int, default=16)
     parser.add_argument("--ldnet-size", type=_positive_int, default=224, help="a multiple of 32")
+    parser.add_argument("--ldnet-steps", type=_positive_int, default=2,
+                        help="timed training steps after one warm-up step (median reported)")
     parser.add_argument("--out", type=Path, default=Path("bench_results"))
     return parser
 
@@ -137,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> list[Record]:
         log("folded forward at " + "x".join(map(str, shapes[0])) + ": "
             + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in parts.items()))
     if args.ldnet_step:
-        step = {impl: ldnet_training_step(impl, args.ldnet_batch, args.ldnet_size, device)
+        step = {impl: ldnet_training_step(impl, args.ldnet_batch, args.ldnet_size, device, args.ldnet_steps)
                 for impl in ("reference", "folded")}
         side = args.ldnet_size
         stages = [(args.ldnet_batch, c, side // s, side // s) for c, s in ((64, 2), (64, 4), (128, 8), (256, 16))]
