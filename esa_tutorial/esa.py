@@ -22,7 +22,8 @@ Three forward passes compute the same function with the same parameters:
     columns. Chapter 7 derives it step by step.
 
     Folding costs a fixed ``2 * 35 * inner_dim * C * 4`` FLOPs per image, so on
-    maps of a few dozen pixels the literal form does less work. ``folded``
+    maps of a few dozen pixels (and with heads much narrower than LDNet's 64
+    channels) the literal form does less work. ``folded``
     therefore runs the literal form wherever that counts fewer FLOPs
     (:func:`literal_is_cheaper`); both are exact, so only the time differs.
     :meth:`ESA.forward_folded` always folds.
@@ -46,7 +47,10 @@ IMPLS: tuple[str, ...] = get_args(EsaImpl)
 
 def literal_is_cheaper(pixels: int, dim: int, heads: int, dim_head: int, n_kv: int,
                        project_out: bool = True) -> bool:
-    """True where ESA's literal form counts fewer FLOPs than the folded form (tiny maps).
+    """True where ESA's literal form counts fewer FLOPs than the folded form.
+
+    With LDNet's sizes (8 heads of 64, 35 tokens) that is maps of fewer than
+    about 45 pixels at C = 256 (fewer than 35 at C = 64).
 
     Literal, per pixel: the q, k, v projection ``6IC``, scores and weighted sum
     ``4 n_kv I`` and the output projection ``2IC`` (I = heads * dim_head).

@@ -105,6 +105,7 @@ def write_json_atomic(path: Path, data: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> list[Record]:
+    """Run the benchmark with command-line arguments ``argv`` (default ``sys.argv[1:]``); returns the records."""
     parser = build_parser()
     args = parser.parse_args(argv)
     device = _check_device(parser, args.device)
