@@ -83,6 +83,7 @@ def test_run_benchmark_records_are_well_formed(tmp_path):
         assert r.flops == formula_flops(r.variant, SHAPE)
         assert set(r.seconds) == {"forward", "forward_backward"}
         assert all(len(v) == 2 and min(v) > 0 for v in r.all_seconds.values())
+        assert r.seconds == {m: min(v) for m, v in r.all_seconds.items()}  # the least disturbed round
         assert r.gflops_per_s("forward") == pytest.approx(r.flops["forward"] / r.seconds["forward"] / 1e9)
         assert r.saved_mb > 0 and r.peak_mb == {}  # peak memory only on CUDA
     table = format_table(records, matmul=10.0)

@@ -84,8 +84,9 @@ def test_gradcheck_and_gradgradcheck_folded_attention(rows):
         return folded_attention(*t, heads, rows=rows)
 
     assert torch.autograd.gradcheck(f, inputs, fast_mode=True)
-    # The hand-written backward is made of differentiable operations: second derivatives are right too.
-    assert torch.autograd.gradgradcheck(f, inputs, fast_mode=True)
+    if rows == 4:  # blocks of 2 pixels (batch 2), the last one short
+        # The hand-written backward is made of differentiable operations: second derivatives are right too.
+        assert torch.autograd.gradgradcheck(f, inputs, fast_mode=True)
 
 
 @pytest.mark.parametrize("impl", ["folded", "reference", "sdpa"])

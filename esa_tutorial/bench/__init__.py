@@ -20,8 +20,9 @@ What is measured, per variant and shape:
   (gradients of the input and all parameters), with
   :class:`torch.utils.benchmark.Timer` (``blocked_autorange``; CUDA is
   synchronised by the timer). Variants are timed interleaved and the whole
-  round repeated; the median round is reported, so that a slow spell of a
-  shared machine hits all variants alike;
+  round repeated; the fastest round is reported (on a shared machine other
+  programs only ever add time, so the fastest round is the least disturbed),
+  and every round is kept in the record;
 * memory: the bytes autograd saves for the backward pass (any device, exact),
   and on CUDA the peak allocated above what inputs and weights hold;
 * floating-point operations, counted by
@@ -40,7 +41,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -77,7 +77,7 @@ def build(variant: Variant, dim: int, dtype: torch.dtype, device: torch.device |
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+        torch.random.default_generator.manual_seed(0)  # the CPU generator only, restored by fork_rng
         if variant == "mhsa":
             module = MHSA(dim, HEADS, DIM_HEAD)
         else:
@@ -234,7 +234,7 @@ def run_benchmark(
                     secs = time_once(rec.variant, shape, mode, dtype, device, min_run_time)
                     rec.all_seconds.setdefault(mode, []).append(secs)
         for rec in live:
-            rec.seconds = {m: statistics.median(v) for m, v in rec.all_seconds.items()}
+            rec.seconds = {m: min(v) for m, v in rec.all_seconds.items()}
             if memory:
                 rec.saved_mb = saved_for_backward_mb(rec.variant, shape, dtype, device)
                 if device.type == "cuda":
@@ -348,7 +348,11 @@ def forward_breakdown(shape: Sequence[int], dtype: torch.dtype = torch.float32,
             "GEMM2 (output)": lambda: [torch.baddbmm(bias, p, vo) for p in probs],
             "whole": lambda: esa.forward_folded(x),
         }
-        seconds = {name: time_call(fn, min_run_time) for name, fn in parts.items()}
+        # Fastest of three interleaved rounds, as in run_benchmark.
+        seconds = {name: math.inf for name in parts}
+        for _ in range(3):
+            for name, fn in parts.items():
+                seconds[name] = min(seconds[name], time_call(fn, min_run_time))
     seconds["overhead"] = seconds["whole"] - sum(seconds[p] for p in BREAKDOWN_PARTS[:-1])
     return seconds
 
@@ -376,13 +380,13 @@ def ldnet_training_step(impl: Literal["folded", "reference"], batch: int = 16, s
 
     A paper-sized :class:`~esa_tutorial.LDNet` (``LDNet.paper_sized()``: width
     64, 8 heads of 64) on ``batch`` random images of ``size`` x ``size``; every
-    ESA layer set to ``impl``. One warm-up step, then the median of ``steps``.
+    ESA layer set to ``impl``. One warm-up step, then the fastest of ``steps``.
     """
     from ..ldnet import LDNet  # LDNet pulls in the whole network; only this function needs it
 
     device = torch.device(device)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+        torch.random.default_generator.manual_seed(0)  # the CPU generator only, restored by fork_rng
         model = LDNet.paper_sized(attention="esa").to(device).train()
     for module in model.modules():
         if isinstance(module, ESA):
@@ -408,7 +412,7 @@ def ldnet_training_step(impl: Literal["folded", "reference"], batch: int = 16, s
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def esa_share_of_step(shapes: Sequence[Sequence[int]], step_seconds: float, dtype: torch.dtype,
