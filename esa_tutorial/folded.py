@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import torch
 
-# Rows (images x pixels) per block on the CPU: a (1024, 280) float32 block of scores is 1.1 MiB, which
-# stays in a core's L2/L3 cache between the three steps. At 16x64x112x112 on a shared 2-core EPYC, blocks
-# of 1024 to 4096 rows measured within the machine's noise (115-160 ms), no blocking at all ~285 ms.
-CPU_BLOCK_ROWS = 1024
+# Rows (images x pixels) per block on the CPU: a (4096, 280) float32 block of scores is 4.6 MiB, about what a
+# server CPU's L2/L3 cache keeps between the three steps. On a quiet 2-core EPYC at 16x64x112x112, blocks of
+# 1024 to 4096 rows ran within a few percent of each other (141-146 ms) and no blocking at all ~2x slower
+# (281 ms; shared/reviews/2026-11-26-perf-probe.md). On an oversubscribed CPU (load 10 on 2 cores) every
+# parallel operation pays a barrier that waits for descheduled threads, so fewer, larger blocks win there
+# (1024: 6.7 s, 4096: 3.8 s, 16384: 1.2 s): the largest block that still fits the cache is the robust choice.
+CPU_BLOCK_ROWS = 4096
 
 
 def block_pixels(batch: int, pixels: int, device: torch.device, rows: int | None = None) -> int:

@@ -6,6 +6,7 @@ from torch import nn
 
 from esa_tutorial import ESA, LCA, MHSA
 from esa_tutorial.cost import attention_matrix_bytes, count_flops, flops_by_operator
+from esa_tutorial.folded import CPU_BLOCK_ROWS
 
 # Two FLOPs per multiply-add. With C channels, inner = heads * dim_head, N pixels, n_kv tokens:
 #   to_qkv (1x1 conv):     2 * N * C * 3 * inner
@@ -50,14 +51,15 @@ def folded_hand_flops(batch, c, heads, dim_head, n, n_kv=35):
 
 @pytest.mark.parametrize("hw", [(10, 10), (64, 64)])
 def test_folded_esa_counts_match_hand_count_on_cpu_and_meta(hw):
-    # 64x64 = 4096 pixels spans several CPU blocks: every block must be seen (issue 12: 18M, not 72k).
+    # 2 x 64 x 64 = 8192 rows spans two CPU blocks: every block must be seen (issue 12: 18M, not 72k).
     # dim_head 16: the folded form counts fewer FLOPs than the literal one here, so ESA folds.
-    cpu = count_flops(ESA(16, heads=2, dim_head=16), torch.randn(1, 16, *hw))
+    assert 2 * 64 * 64 > CPU_BLOCK_ROWS
+    cpu = count_flops(ESA(16, heads=2, dim_head=16), torch.randn(2, 16, *hw))
     with torch.device("meta"):
-        meta = count_flops(ESA(16, heads=2, dim_head=16), torch.empty(1, 16, *hw))
-    assert meta == cpu == folded_hand_flops(1, 16, 2, 16, hw[0] * hw[1])
+        meta = count_flops(ESA(16, heads=2, dim_head=16), torch.empty(2, 16, *hw))
+    assert meta == cpu == folded_hand_flops(2, 16, 2, 16, hw[0] * hw[1])
     if hw == (64, 64):
-        assert cpu == 4096 * 4 * 16 * 70 + 8 * 32 * 16 * 35 == 18_493_440
+        assert cpu == 2 * (4096 * 4 * 16 * 70 + 8 * 32 * 16 * 35) == 36_986_880
 
 
 def test_folded_esa_falls_back_to_the_cheaper_literal_form():

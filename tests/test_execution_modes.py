@@ -30,8 +30,8 @@ def make(name: str) -> torch.nn.Module:
 
 
 MODULES = ["esa_folded", "esa_reference", "esa_sdpa", "mhsa", "esa_block", "ppm"]
-# 2 x 40 x 40 = 3200 rows: more than one CPU block of the folded form (the crash of issue 12 needed that).
-BIG = (2, DIM, 40, 40)
+# 2 x 80 x 80 = 12800 rows: several CPU blocks of the folded form (the crash of issue 12 needed that).
+BIG = (2, DIM, 80, 80)
 SMALL = (2, DIM, 6, 7)
 
 
@@ -108,7 +108,7 @@ def test_dtype_mismatch_outside_autocast_is_a_clear_error():
 ])
 def test_compile_fullgraph_forward_and_backward(name, threads_unchanged):
     module = make(name)
-    x = torch.randn(1, DIM, 40, 30, requires_grad=True)  # 1200 pixels: two blocks of the folded form
+    x = torch.randn(1, DIM, 80, 60, requires_grad=True)  # 4800 pixels: two blocks of the folded form
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
     out = compiled(x)
     (gx,) = torch.autograd.grad(out.square().sum(), x)
@@ -121,7 +121,7 @@ def test_compile_fullgraph_forward_and_backward(name, threads_unchanged):
 @pytest.mark.parametrize("name", ["esa_folded", "esa_reference", "esa_sdpa", "mhsa"])
 def test_torch_func_grad_and_vmap(name, threads_unchanged):
     module = make(name)
-    x = torch.randn(SMALL if name == "mhsa" else (1, DIM, 40, 30))
+    x = torch.randn(SMALL if name == "mhsa" else (1, DIM, 80, 60))
     params = {k: v.detach() for k, v in module.named_parameters()}
 
     def loss(p, t):

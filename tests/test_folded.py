@@ -15,7 +15,7 @@ SHAPES = [
     (3, 12, 5, 3, 3, 4),  # non-square, taller than wide, batch 3
     (2, 6, 6, 5, 1, 6),  # heads=1 and dim_head=dim: to_out is Identity
     (1, 64, 6, 6, 8, 64),  # LDNet's heads and dim_head
-    (1, 4, 48, 50, 2, 4),  # 2400 pixels: more than one CPU block, the last one short
+    (1, 4, 70, 70, 2, 4),  # 4900 pixels: more than one CPU block, the last one short
 ]
 
 
