@@ -49,7 +49,7 @@ def threads_unchanged():
 @pytest.mark.parametrize("name", MODULES)
 def test_no_grad_and_inference_mode_on_a_big_map(name, threads_unchanged):
     module = make(name).eval()
-    x = torch.randn(BIG if name != "mhsa" else SMALL)
+    x = torch.randn(BIG if name in ("esa_folded", "esa_block") else SMALL)
     want = module(x)
     with torch.no_grad():
         torch.testing.assert_close(module(x), want)
@@ -59,7 +59,7 @@ def test_no_grad_and_inference_mode_on_a_big_map(name, threads_unchanged):
     torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("name", ["esa_folded", "esa_block"])
+@pytest.mark.parametrize("name", ["esa_folded"])
 def test_several_python_threads_at_once(name, threads_unchanged):
     module = make(name).eval()
     inputs = [torch.randn(BIG, generator=torch.Generator().manual_seed(i)) for i in range(4)]
@@ -79,7 +79,8 @@ def test_several_python_threads_at_once(name, threads_unchanged):
 @pytest.mark.parametrize("name", MODULES)
 def test_autocast_bfloat16_cpu(name, threads_unchanged):
     module = make(name)
-    x = torch.randn(BIG if name not in ("mhsa",) else SMALL)
+    # The folded form over several blocks; the others, whose code has no blocks, on a small map.
+    x = torch.randn((2, DIM, 60, 70) if name == "esa_folded" else SMALL)
     want = module(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = module(x)
