@@ -10,7 +10,7 @@ import torch
 
 from esa_tutorial import ESA
 from esa_tutorial.bench import (
-    BREAKDOWN_PARTS, DIM_HEAD, HEADS, VARIANTS, Record, attention_matrix_gb, build, format_speedup_table,
+    BREAKDOWN_PARTS, DIM_HEAD, HEADS, LDNET_SHAPES, VARIANTS, Record, attention_matrix_gb, build, format_speedup_table,
     format_table, forward_breakdown, pixel_product_flops, plot, run_benchmark, saved_for_backward_mb,
     speedup_table, variant_flops,
 )
@@ -158,3 +158,19 @@ def test_unwritable_out_is_rejected_before_any_work(tmp_path, capsys):
             main(["--quick", "--device", "cpu", "--out", str(out)])
         assert "is not a writable directory" in capsys.readouterr().err
     assert a_file.read_text() == "not a directory"
+
+
+def test_shipped_results_load_and_describe():
+    from esa_tutorial.bench import results
+
+    assert "cpu" in results.available()
+    run = results.load("cpu")
+    assert [r["shape"] for r in run["speedup"]] == [list(s) for s in LDNET_SHAPES]
+    for row in run["speedup"]:  # the table chapter 7 prints is consistent with the records it came from
+        ref = next(r for r in run["records"] if r["shape"] == row["shape"] and r["variant"] == "esa_reference")
+        assert row["esa_reference_forward_ms"] == pytest.approx(1e3 * ref["seconds"]["forward"])
+    assert results.describe(run).startswith("cpu (")
+    assert "GEMM1 (scores)" in results.describe_breakdown(run)
+    assert "batch 16 at 224x224" in results.describe_ldnet_step(run)
+    with pytest.raises(FileNotFoundError, match="no shipped benchmark result 'tpu'"):
+        results.load("tpu")

@@ -54,7 +54,9 @@ def describe_ldnet_step(run: dict) -> str:
         return "no LDNet training step in this run"
     step = run["ldnet_step"]
     s = step["seconds"]
-    return (f"LDNet training step, batch {step['batch']} at {step['size']}x{step['size']}: "
+    load = step.get("machine", {}).get("load_average_1_5_15")
+    separate = f" (a separate run, load average {load[0]:.1f})" if load else ""
+    return (f"LDNet training step{separate}, batch {step['batch']} at {step['size']}x{step['size']}: "
             f"literal ESA {s['reference']:.2f} s, folded ESA {s['folded']:.2f} s "
             f"({s['reference'] / s['folded']:.2f}x); the folded ESA layers take about "
             f"{100 * step['esa_share_folded']:.0f}% of the folded step")
