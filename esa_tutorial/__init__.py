@@ -4,6 +4,8 @@ The package behind the ESA tutorial book. Every module the notebooks derive
 lives here once; the notebooks rebuild it in plain code and check they agree.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from .attention import MHSA, PixelAttention
 from .blocks import LCA, ESABlock, LCABlock, mask_average_pool
 from .cost import attention_matrix_bytes, count_flops, flops_by_operator
@@ -14,7 +16,10 @@ from .runtime import check_shape, default_device, seed_everything
 
 from . import data, metrics  # submodules: esa_tutorial.data, esa_tutorial.metrics
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("esa-tutorial")  # one source: pyproject.toml's version, via the installed metadata
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "adaptive_bins",

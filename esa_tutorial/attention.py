@@ -10,6 +10,7 @@ keys and values come from, the :meth:`PixelAttention.tokens` hook.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -76,6 +77,21 @@ class PixelAttention(nn.Module):
         self.check_input(x)
         attn, v = self.attention(x, *context)
         return self.to_out(rearrange(attn @ v, "b h n d -> b n (h d)"))
+
+    def forward_sdpa(self, x: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
+        """The literal form with :func:`torch.nn.functional.scaled_dot_product_attention`. (B, C, H, W) -> (B, H*W, C).
+
+        PyTorch's fused attention kernel replaces the scores, softmax and
+        weighted sum; its default scale is ``dim_head**-0.5``, the same as ours.
+        """
+        self.check_input(x)
+        q, k, v = self.to_qkv(x).chunk(3, dim=1)
+        q = rearrange(q, "b (h d) x y -> b h (x y) d", h=self.heads)
+        k, v = (
+            rearrange(self.tokens(t, *context), "b (h d) n -> b h n d", h=self.heads) for t in (k, v)
+        )
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
     def forward(self, x: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, H*W, C)."""

@@ -11,8 +11,13 @@ data, so a module can be "run" at sizes that would never fit in memory::
 
 FLOPs are those :class:`torch.utils.flop_counter.FlopCounterMode` counts:
 matrix products and convolutions, two FLOPs per multiply-add. Softmax,
-pooling and elementwise work are not counted; they are linear in the tensor
-sizes and small next to the products.
+pooling and elementwise work are not counted: they do a few operations per
+element, little arithmetic next to the products, although their memory
+traffic can still cost real time (chapter 7 measures how much).
+
+The counter sees every operation of a forward pass, on any device: the
+package runs no work on threads of its own, whose operations a dispatch mode
+such as ``FlopCounterMode`` would not see.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ def flops_by_operator(module: nn.Module, *inputs: torch.Tensor) -> dict[str, int
     """FLOPs of one forward pass ``module(*inputs)``, per aten operator.
 
     Returns e.g. ``{"convolution": ..., "bmm": ..., "addmm": ...}`` (the ``aten.``
-    prefix dropped). Runs without autograd; works on CPU, CUDA and meta tensors.
+    prefix dropped). Runs without autograd; works on CPU, CUDA and meta tensors
+    and gives the same counts on each.
     """
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         module(*inputs)

@@ -4,11 +4,14 @@ Queries are all H*W pixels; keys and values are the projected map pooled by a
 pyramid (1x1, 3x3, 5x5 -> 35 tokens), so the attention matrix is N x 35
 instead of N x N.
 
-Two forward passes compute the same function with the same parameters:
+Three forward passes compute the same function with the same parameters:
 
 ``reference``
     the literal form of the paper's code: project every pixel to q, k, v,
     pool k and v, attend, project out.
+``sdpa``
+    the literal form with :func:`torch.nn.functional.scaled_dot_product_attention`
+    over the pooled keys and values: what PyTorch's fused attention gives.
 ``folded`` (default)
     the same algebra reordered. A bias-free 1x1 convolution and average
     pooling are both linear, so pooling the input once and projecting the 35
@@ -17,21 +20,47 @@ Two forward passes compute the same function with the same parameters:
     output projection into the values (``V'_h = V_h W_out,h^T``, 35 x C), so
     the work over the N pixels is two matrix products and a softmax over 35
     columns. Chapter 7 derives it step by step.
+
+    Folding costs a fixed ``2 * 35 * inner_dim * C * 4`` FLOPs per image, so on
+    maps of a few dozen pixels (and with heads much narrower than LDNet's 64
+    channels) the literal form does less work. ``folded``
+    therefore runs the literal form wherever that counts fewer FLOPs
+    (:func:`literal_is_cheaper`); both are exact, so only the time differs.
+    :meth:`ESA.forward_folded` always folds.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 import torch
 from einops import rearrange
-from torch import nn
 
 from .attention import PixelAttention
 from .folded import folded_attention
 from .ppm import PPM
+from .validation import check_choice
 
-IMPLS = ("folded", "reference")
+EsaImpl = Literal["folded", "reference", "sdpa"]
+IMPLS: tuple[str, ...] = get_args(EsaImpl)
+
+
+def literal_is_cheaper(pixels: int, dim: int, heads: int, dim_head: int, n_kv: int,
+                       project_out: bool = True) -> bool:
+    """True where ESA's literal form counts fewer FLOPs than the folded form.
+
+    With LDNet's sizes (8 heads of 64, 35 tokens) that is maps of fewer than
+    about 45 pixels at C = 256 (fewer than 35 at C = 64).
+
+    Literal, per pixel: the q, k, v projection ``6IC``, scores and weighted sum
+    ``4 n_kv I`` and the output projection ``2IC`` (I = heads * dim_head).
+    Folded: ``4 n_kv heads C`` per pixel plus, per image, the keys, values,
+    ``A`` and ``V'`` from the pooled tokens, ``2 n_kv I C (3 + 1)``.
+    """
+    inner, out = heads * dim_head, int(project_out)
+    literal = pixels * (6 * inner * dim + 4 * n_kv * inner + 2 * inner * dim * out)
+    folded = pixels * 4 * n_kv * heads * dim + 2 * n_kv * inner * dim * (3 + out)
+    return literal < folded
 
 
 class ESA(PixelAttention):
@@ -44,8 +73,10 @@ class ESA(PixelAttention):
         dropout: dropout after the output projection.
         pooling_sizes: grid sizes of the pyramid; keys and values are
             ``sum(s*s)`` tokens (35 for (1, 3, 5)).
-        impl: ``"folded"`` (fast, default) or ``"reference"`` (literal form).
-            Both give the same outputs and gradients up to rounding.
+        impl: ``"folded"`` (fast, default), ``"reference"`` (literal form) or
+            ``"sdpa"`` (literal form with PyTorch's fused attention). All give
+            the same outputs and gradients up to rounding, under autograd,
+            ``torch.func``, ``torch.compile`` and autocast alike.
     """
 
     def __init__(
@@ -55,30 +86,36 @@ class ESA(PixelAttention):
         dim_head: int = 64,
         dropout: float = 0.0,
         pooling_sizes: Sequence[int] = (1, 3, 5),
-        impl: str = "folded",
+        impl: EsaImpl = "folded",
     ) -> None:
         super().__init__(dim, heads, dim_head, dropout)
         self.ppm = PPM(pooling_sizes)
         self.impl = impl
 
     @property
-    def impl(self) -> str:
+    def impl(self) -> EsaImpl:
         return self._impl
 
     @impl.setter
-    def impl(self, value: str) -> None:
-        if value not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {value!r}")
-        self._impl = value
+    def impl(self, value: EsaImpl) -> None:
+        self._impl = check_choice("impl", value, IMPLS)
 
     def tokens(self, t: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
         return self.ppm(t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, H*W, C)."""
-        if self.impl == "reference":
+        self.check_input(x)
+        if self.impl == "sdpa":
+            return self.forward_sdpa(x)
+        if self.impl == "reference" or self.literal_is_cheaper(x):
             return self.forward_reference(x)
         return self.forward_folded(x)
+
+    def literal_is_cheaper(self, x: torch.Tensor) -> bool:
+        """Whether the literal form counts fewer FLOPs for (B, C, H, W) ``x`` (see :func:`literal_is_cheaper`)."""
+        return literal_is_cheaper(x.shape[-2] * x.shape[-1], self.dim, self.heads, self.dim_head,
+                                  self.ppm.num_tokens, self.project_out)
 
     def folded_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image matrices of the folded form.
@@ -102,9 +139,10 @@ class ESA(PixelAttention):
     def forward_folded(self, x: torch.Tensor) -> torch.Tensor:
         """The folded form: two matrix products over the pixels. (B, C, H, W) -> (B, H*W, C).
 
-        The pixel-side work runs blocked over the pixels and recomputes the
-        probabilities in the backward pass (:func:`~esa_tutorial.folded.folded_attention`),
-        so no (B, N, heads*35) tensor is kept for autograd.
+        Always folds, whatever the map size. The pixel-side work runs blocked
+        over the pixels and recomputes the probabilities in the backward pass
+        (:func:`~esa_tutorial.folded.folded_attention`), so no (B, N, heads*35)
+        tensor is kept for autograd.
         """
         self.check_input(x)
         a, vo = self.folded_weights(x)

@@ -1,4 +1,4 @@
-"""The pixel-side work of folded ESA as one fused, memory-lean autograd function.
+"""The pixel-side work of folded ESA, from public torch operations.
 
 Once the query and output projections are folded into the pooled keys and
 values (:meth:`esa_tutorial.ESA.folded_weights`), every pixel needs two matrix
@@ -8,177 +8,101 @@ products and a softmax over ``heads * n_kv`` columns::
     probs  = softmax per head (over n_kv columns)
     out    = probs @ vo + b   (N, heads*n_kv) @ (heads*n_kv, C)
 
-:func:`folded_attention` runs them block by block over the pixels, so the
-(block, heads*n_kv) scores stay in the CPU cache and are written into two
-reused buffers instead of a fresh (B, N, heads*n_kv) tensor. Autograd stores
-only ``x``, ``a`` and ``vo``: the backward pass recomputes each block's
-probabilities, so no (B, N, heads*n_kv) tensor lives from forward to backward.
-The result is the same arithmetic as the unblocked form (same products, same
-order within each row), so it is exact up to float rounding.
+:func:`folded_attention` runs them over blocks of pixels (all images of the
+batch at once), so that a block's (B, n, heads*n_kv) scores stay in the CPU's
+caches between the three steps instead of making a round trip through memory.
+Threading is left to torch's own intra-op parallelism inside each product.
+
+For autograd, a :class:`torch.autograd.Function` keeps only ``x``, ``a`` and
+``vo`` and recomputes each block's probabilities in the backward pass: no
+(B, N, heads*n_kv) tensor lives from forward to backward (about 4x the input
+at LDNet's sizes). The backward pass is itself written in differentiable
+operations, so second derivatives, ``torch.func`` (``grad``, ``vmap``) and
+``torch.compile`` work too.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
-
 import torch
-from einops import rearrange
 
-# Pixels per block on the CPU. A block's scores and probabilities (1024 x 280 floats each) stay in the
-# L2/L3 caches; 256 to 2048 measured within ~15% of each other on a 2-core EPYC at 16x64x112x112,
-# 1024 fastest, the whole image (no blocking) ~1.8x slower. Measure with ``python -m esa_tutorial.bench``.
-CPU_BLOCK_ROWS = 1024
-
-
-def default_block_rows(device: torch.device) -> int | None:
-    """Pixels per block: a cache-sized block on the CPU, everything at once (None) on a GPU."""
-    return CPU_BLOCK_ROWS if device.type == "cpu" else None
+# Rows (images x pixels) per block on the CPU: a (4096, 280) float32 block of scores is 4.6 MiB, about what a
+# server CPU's L2/L3 cache keeps between the three steps. On a quiet 2-core EPYC at 16x64x112x112, blocks of
+# 1024 to 4096 rows ran within a few percent of each other (141-146 ms) and no blocking at all ~2x slower
+# (281 ms; shared/reviews/2026-11-26-perf-probe.md). On an oversubscribed CPU (load 10 on 2 cores) every
+# parallel operation pays a barrier that waits for descheduled threads, so fewer, larger blocks win there
+# (1024: 6.7 s, 4096: 3.8 s, 16384: 1.2 s): the largest block that still fits the cache is the robust choice.
+CPU_BLOCK_ROWS = 4096
 
 
-def _blocks(batch: int, pixels: int, rows: int | None) -> Iterator[tuple[slice, slice]]:
-    """(batch slice, pixel slice) pairs covering a (batch, pixels) grid.
+def block_pixels(batch: int, pixels: int, device: torch.device, rows: int | None = None) -> int:
+    """Pixels per block: ``rows // batch`` (at least 1) on the CPU, all of them on other devices.
 
-    Whole batch and all pixels in one block when ``rows`` is None or covers the
-    image; otherwise one image at a time in ``rows``-pixel slices, so that
-    every slice of a (B, N, C) tensor stays contiguous.
+    ``rows=None`` means :data:`CPU_BLOCK_ROWS` on the CPU; on a GPU one launch over the whole
+    batch is faster than blocking, so every pixel goes into one block there.
     """
-    if rows is None or rows >= pixels:
-        yield slice(None), slice(None)
-        return
-    for b in range(batch):
-        for start in range(0, pixels, rows):
-            yield slice(b, b + 1), slice(start, min(start + rows, pixels))
+    if rows is None:
+        if device.type != "cpu":
+            return pixels
+        rows = CPU_BLOCK_ROWS
+    return max(1, min(pixels, rows // batch))
 
 
-def _softmax_heads(scores: torch.Tensor, out: torch.Tensor, heads: int) -> torch.Tensor:
-    """Softmax of (b, n, heads*k) scores over each head's k columns, written into ``out``."""
-    torch._softmax(
-        rearrange(scores, "b n (h k) -> b n h k", h=heads), -1, False,
-        out=rearrange(out, "b n (h k) -> b n h k", h=heads),
-    )
-    return out
+def softmax_per_head(scores: torch.Tensor, heads: int) -> torch.Tensor:
+    """Softmax of (..., heads*k) scores over each head's k columns; same shape."""
+    return torch.softmax(scores.unflatten(-1, (heads, -1)), dim=-1).flatten(-2)
 
 
-def _num_workers(device: torch.device, num_blocks: int) -> int:
-    """Threads :func:`_for_each_block` uses: one per intra-op thread on the CPU, one on a GPU."""
-    return max(1, min(torch.get_num_threads(), num_blocks)) if device.type == "cpu" else 1
+def _softmax_per_head_backward(p: torch.Tensor, dp: torch.Tensor, heads: int) -> torch.Tensor:
+    """Gradient of the scores given the probabilities ``p`` and their gradient ``dp``."""
+    p4, dp4 = p.unflatten(-1, (heads, -1)), dp.unflatten(-1, (heads, -1))
+    return (p4 * (dp4 - (p4 * dp4).sum(-1, keepdim=True))).flatten(-2)
 
 
-def _block_buffers(x: torch.Tensor, a: torch.Tensor, blocks: list[tuple[slice, slice]],
-                   count: int) -> list[list[torch.Tensor]]:
-    """``count`` reusable (b, n, heads*n_kv) buffers per worker, sized for the largest block."""
-    size = x[blocks[0][0], 0, blocks[0][1]].shape + a.shape[-1:]
-    return [[x.new_empty(size) for _ in range(count)] for _ in range(_num_workers(x.device, len(blocks)))]
+def _spans(pixels: int, step: int) -> list[slice]:
+    return [slice(start, min(start + step, pixels)) for start in range(0, pixels, step)]
 
 
-def _block_probs(x: torch.Tensor, a: torch.Tensor, bs: slice, ps: slice, bufs: list[torch.Tensor],
-                 heads: int) -> tuple[torch.Tensor, int]:
-    """Softmax probabilities (b, n, heads*n_kv) of one block, in ``bufs[1]``; also returns n."""
-    n = x[0, 0, ps].shape[0]
-    s = torch.bmm(x[bs, :, ps].transpose(1, 2), a[bs], out=bufs[0][:, :n])
-    return _softmax_heads(s, bufs[1][:, :n], heads), n
-
-
-def _for_each_block(work: Callable[[int, slice, slice], None], blocks: list[tuple[slice, slice]],
-                    device: torch.device) -> None:
-    """Call ``work(worker, batch_slice, pixel_slice)`` for every block.
-
-    On the CPU the blocks are dealt round-robin to ``torch.get_num_threads()``
-    Python threads, each running single-threaded torch ops (which release the
-    GIL). A block is too small to split across cores: letting every small
-    product fork and join all cores costs a barrier per operation, which on a
-    busy machine was measured to be many times slower than this.
-    """
-    workers = _num_workers(device, len(blocks))
-    if workers == 1:
-        for bs, ps in blocks:
-            work(0, bs, ps)
-        return
-
-    def run(worker: int) -> None:
-        torch.set_num_threads(1)  # OpenMP's thread count is per calling thread
-        with torch.no_grad():  # grad mode is per thread; a new thread starts with it on
-            for bs, ps in blocks[worker::workers]:
-                work(worker, bs, ps)
-
-    threads = torch.get_num_threads()
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(run, range(workers)))
-    finally:
-        torch.set_num_threads(threads)  # BLAS libraries may share the setting across threads
+def _forward(x: torch.Tensor, a: torch.Tensor, vo: torch.Tensor, bias: torch.Tensor | None,
+             heads: int, step: int) -> torch.Tensor:
+    """(B, C, N) -> (B, N, C_out), block by block over the pixels."""
+    outs = []
+    for span in _spans(x.shape[-1], step):
+        p = softmax_per_head(torch.bmm(x[:, :, span].transpose(1, 2), a), heads)
+        outs.append(torch.bmm(p, vo) if bias is None else torch.baddbmm(bias, p, vo))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
 class _FoldedAttention(torch.autograd.Function):
-    """softmax_per_head(x^T a) @ vo + bias, blocked over pixels; see the module docstring."""
+    """softmax_per_head(x^T a) @ vo + bias, blocked, recomputing the probabilities in backward."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x, a, vo, bias, heads, rows):  # type: ignore[override]
-        batch, _, pixels = x.shape
-        out = x.new_empty(batch, pixels, vo.shape[-1])
-        blocks = list(_blocks(batch, pixels, rows))
-        bufs = _block_buffers(x, a, blocks, 2)
+    def forward(x: torch.Tensor, a: torch.Tensor, vo: torch.Tensor, bias: torch.Tensor | None,
+                heads: int, step: int) -> torch.Tensor:
+        return _forward(x, a, vo, bias, heads, step)
 
-        def work(worker: int, bs: slice, ps: slice) -> None:
-            p, _ = _block_probs(x, a, bs, ps, bufs[worker], heads)
-            if bias is None:
-                torch.bmm(p, vo[bs], out=out[bs, ps])
-            else:
-                torch.baddbmm(bias, p, vo[bs], out=out[bs, ps])
-
-        _for_each_block(work, blocks, x.device)
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
+        x, a, vo, bias, heads, step = inputs
         ctx.save_for_backward(x, a, vo)
-        ctx.heads, ctx.rows, ctx.has_bias = heads, rows, bias is not None
-        return out
+        ctx.heads, ctx.step, ctx.has_bias = heads, step, bias is not None
 
     @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
-        if torch.is_grad_enabled():  # create_graph=True: a silent wrong second derivative otherwise
-            raise RuntimeError(
-                "folded ESA has first-order gradients only (its backward pass is hand-written); "
-                "for double backward use ESA(..., impl='reference')"
-            )
+    def backward(ctx, grad_out):  # type: ignore[no-untyped-def]
         x, a, vo = ctx.saved_tensors
-        need_x, need_a, need_vo, need_bias = ctx.needs_input_grad[:4]
-        grad_out = grad_out.contiguous()
-        batch, _, pixels = x.shape
         heads = ctx.heads
-        dx_t = x.new_empty(batch, pixels, x.shape[1]) if need_x else None
-        da = dvo = None
-        if need_x or need_a or need_vo:
-            blocks = list(_blocks(batch, pixels, ctx.rows))
-            bufs = _block_buffers(x, a, blocks, 3)
-            workers = len(bufs)
-            # One accumulator per worker (no races), summed in a fixed order (deterministic).
-            das = [torch.zeros_like(a) for _ in range(workers)] if need_a else None
-            dvos = [torch.zeros_like(vo) for _ in range(workers)] if need_vo else None
-
-            def work(worker: int, bs: slice, ps: slice) -> None:
-                p, n = _block_probs(x, a, bs, ps, bufs[worker], heads)  # recomputed, not stored
-                xs, g = x[bs, :, ps], grad_out[bs, ps]  # (b, C, n), (b, n, C)
-                # baddbmm(out=acc) rather than acc.baddbmm_: same kernel, and FlopCounterMode counts it.
-                if need_vo:
-                    torch.baddbmm(dvos[worker][bs], p.transpose(1, 2), g, out=dvos[worker][bs])
-                dp = torch.bmm(g, vo[bs].transpose(1, 2), out=bufs[worker][2][:, :n])
-                ds = rearrange(
-                    torch._softmax_backward_data(
-                        rearrange(dp, "b n (h k) -> b n h k", h=heads),
-                        rearrange(p, "b n (h k) -> b n h k", h=heads),
-                        -1, p.dtype,
-                    ),
-                    "b n h k -> b n (h k)",
-                )
-                if need_a:
-                    torch.baddbmm(das[worker][bs], xs, ds, out=das[worker][bs])
-                if need_x:
-                    torch.bmm(ds, a[bs].transpose(1, 2), out=dx_t[bs, ps])
-
-            _for_each_block(work, blocks, x.device)
-            da = sum(das[1:], das[0]) if need_a else None
-            dvo = sum(dvos[1:], dvos[0]) if need_vo else None
-        dbias = grad_out.sum(dim=(0, 1)) if need_bias and ctx.has_bias else None
-        dx = dx_t.transpose(1, 2) if need_x else None
+        dxs, da, dvo = [], None, None
+        for span in _spans(x.shape[-1], ctx.step):
+            xs, g = x[:, :, span], grad_out[:, span]  # (B, C, n), (B, n, C_out)
+            p = softmax_per_head(torch.bmm(xs.transpose(1, 2), a), heads)  # recomputed, not stored
+            ds = _softmax_per_head_backward(p, torch.bmm(g, vo.transpose(1, 2)), heads)
+            da_s, dvo_s = torch.bmm(xs, ds), torch.bmm(p.transpose(1, 2), g)
+            da = da_s if da is None else da + da_s
+            dvo = dvo_s if dvo is None else dvo + dvo_s
+            dxs.append(torch.bmm(ds, a.transpose(1, 2)))  # (B, n, C)
+        dx = (dxs[0] if len(dxs) == 1 else torch.cat(dxs, dim=1)).transpose(1, 2)
+        dbias = grad_out.sum(dim=(0, 1)) if ctx.has_bias else None
         return dx, da, dvo, dbias, None, None
 
 
@@ -198,11 +122,21 @@ def folded_attention(
         vo: (B, heads*n_kv, C_out) values with the output projection folded in.
         bias: (C_out,) or None.
         heads: softmax groups along the last axis of the scores.
-        rows: pixels per block; None means :func:`default_block_rows` for x's device.
+        rows: images x pixels per block; None means :func:`block_pixels`' default for x's device.
 
     Returns:
-        (B, N, C_out). Differentiable in x, a, vo and bias (first order).
+        (B, N, C_out). Differentiable in x, a, vo and bias, to any order.
+
+    Under ``torch.autocast`` the products run in the autocast dtype, as they
+    would in the literal form; the softmax runs in that dtype too (torch's
+    softmax kernels accumulate in float32 for float16 and bfloat16 inputs).
     """
-    if rows is None:
-        rows = default_block_rows(x.device)
-    return _FoldedAttention.apply(x, a, vo, bias, heads, rows)
+    device_type = x.device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        x, a, vo = x.to(dtype), a.to(dtype), vo.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+        with torch.autocast(device_type, enabled=False):
+            return folded_attention(x, a, vo, bias, heads, rows)
+    step = block_pixels(x.shape[0], x.shape[-1], x.device, rows)
+    return _FoldedAttention.apply(x, a, vo, bias, heads, step)

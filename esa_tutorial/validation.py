@@ -7,9 +7,11 @@ instead of a stack trace from deep inside torch.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 def check_positive_int(name: str, value: object) -> int:
@@ -57,15 +59,32 @@ def check_feature_map(x: object, channels: int | None, who: str) -> torch.Tensor
     return x
 
 
-def check_same_dtype(x: torch.Tensor, param: torch.Tensor, who: str) -> None:
-    """Raise ``TypeError`` if the input dtype differs from the module's parameters."""
-    if x.dtype != param.dtype:
+def check_choice(name: str, value: T, choices: Sequence[T]) -> T:
+    """Return ``value`` if it is one of ``choices`` (e.g. ``typing.get_args`` of a ``Literal``), else raise ``ValueError``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_same_dtype(x: torch.Tensor, weight: torch.Tensor, who: str) -> None:
+    """Raise unless the input ``x`` can meet the module's ``weight``: same device, same dtype.
+
+    A different dtype is accepted only while ``torch.autocast`` is enabled for
+    x's device type: autocast casts each operation's inputs itself, and an
+    input coming from an earlier autocast layer (bfloat16, float16) meeting
+    float32 weights is exactly what mixed precision looks like.
+    """
+    if x.dtype != weight.dtype and not _autocast_enabled(x.device.type):
         raise TypeError(
-            f"{who} parameters are {param.dtype} but the input is {x.dtype}; "
-            f"convert one of them, e.g. module.to({x.dtype})"
+            f"{who} parameters are {weight.dtype} but the input is {x.dtype}; "
+            f"convert one of them, e.g. module.to({x.dtype}), or run under torch.autocast"
         )
-    if x.device != param.device:
+    if x.device != weight.device:
         raise ValueError(
-            f"{who} parameters are on {param.device} but the input is on {x.device}; "
+            f"{who} parameters are on {weight.device} but the input is on {x.device}; "
             f"move one of them, e.g. module.to({str(x.device)!r})"
         )
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)

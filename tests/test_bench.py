@@ -10,9 +10,13 @@ import torch
 
 from esa_tutorial import ESA
 from esa_tutorial.bench import (
-    DIM_HEAD, HEADS, VARIANTS, Record, attention_matrix_gb, build, count_flops, esa_sdpa,
-    format_table, main, peak_memory_mb, plot, run_benchmark,
+    BREAKDOWN_PARTS, DIM_HEAD, HEADS, LDNET_SHAPES, VARIANTS, Record, attention_matrix_gb, build, format_speedup_table,
+    format_table, forward_breakdown, pixel_product_flops, plot, run_benchmark, saved_for_backward_mb,
+    speedup_table, variant_flops,
 )
+from esa_tutorial.bench.__main__ import main
+
+count_flops = variant_flops
 
 SHAPE = (2, 8, 5, 6)  # batch, channels, height, width
 
@@ -25,7 +29,8 @@ def formula_flops(variant: str, shape) -> dict[str, int]:
         pixels = 2 * b * n * c * m  # one (N, C) @ (C, heads*35) product per image
         weights = 2 * b * inner * c * 35  # one small product making a, vo (4 of them)
         # backward: recompute the scores, then d(vo), d(probs), d(a), d(x): 5 pixel products;
-        # each small product has two operands needing gradients: 8.
+        # each small product has two operands needing gradients: 8. (The hand-written backward
+        # recomputes rather than stores the probabilities, hence 5 and not 4.)
         return {"forward": 2 * pixels + 4 * weights, "forward_backward": 7 * pixels + 12 * weights}
     n_kv = n if variant == "mhsa" else 35
     forward = 2 * b * n * c * 3 * inner + 2 * 2 * b * n * inner * n_kv + 2 * b * n * inner * c
@@ -44,6 +49,7 @@ def test_folded_saves_flops_at_ldnet_first_stage():
     assert ref == formula_flops("esa_reference", shape)
     assert fold == formula_flops("esa_folded", shape)
     assert ref["forward"] > 4 * fold["forward"]
+    assert fold["forward_backward"] < ref["forward_backward"] / 3
 
 
 def test_build_rejects_unknown_variant():
@@ -51,13 +57,14 @@ def test_build_rejects_unknown_variant():
         build("flash", 8, torch.float32, "cpu")
 
 
-def test_variants_compute_the_same_function():
+def test_variants_are_the_package_modules_and_compute_the_same_function():
     x = torch.randn(SHAPE)
-    outs = {v: build(v, SHAPE[1], torch.float32, "cpu")(x) for v in ("esa_reference", "esa_folded", "esa_sdpa")}
+    modules = {v: build(v, SHAPE[1], torch.float32, "cpu") for v in ("esa_reference", "esa_folded", "esa_sdpa")}
+    assert {v: (type(m), m.impl) for v, m in modules.items()} == {
+        "esa_reference": (ESA, "reference"), "esa_folded": (ESA, "folded"), "esa_sdpa": (ESA, "sdpa")}
+    outs = {v: m(x) for v, m in modules.items()}
     for v in ("esa_folded", "esa_sdpa"):
         torch.testing.assert_close(outs[v], outs["esa_reference"], rtol=1e-4, atol=1e-5)
-    esa = ESA(8, 2, 4)
-    torch.testing.assert_close(esa_sdpa(esa, x), esa.forward_reference(x), rtol=1e-4, atol=1e-5)
 
 
 def test_attention_matrix_size():
@@ -67,8 +74,10 @@ def test_attention_matrix_size():
 
 
 def test_run_benchmark_records_are_well_formed(tmp_path):
-    records = run_benchmark([SHAPE], repeats=2, min_run_time=0.001, memory=False, mhsa_limit_gb=1e-9, device="cpu")
-    assert [r.variant for r in records] == list(VARIANTS)
+    variants = ["mhsa", "esa_reference", "esa_folded"]
+    records = run_benchmark([SHAPE], variants, repeats=2, min_run_time=0.001, memory=True, mhsa_limit_gb=1e-9,
+                            device="cpu")
+    assert [r.variant for r in records] == variants
     mhsa, *esa = records
     assert mhsa.skipped and not mhsa.seconds and not mhsa.flops
     for r in esa:
@@ -76,29 +85,92 @@ def test_run_benchmark_records_are_well_formed(tmp_path):
         assert r.flops == formula_flops(r.variant, SHAPE)
         assert set(r.seconds) == {"forward", "forward_backward"}
         assert all(len(v) == 2 and min(v) > 0 for v in r.all_seconds.values())
+        assert r.seconds == {m: min(v) for m, v in r.all_seconds.items()}  # the least disturbed round
         assert r.gflops_per_s("forward") == pytest.approx(r.flops["forward"] / r.seconds["forward"] / 1e9)
+        assert r.saved_mb > 0 and r.peak_mb == {}  # peak memory only on CUDA
     table = format_table(records, matmul=10.0)
-    assert "skipped" in table and all(v in table for v in VARIANTS)
+    assert "skipped" in table and all(v in table for v in variants)
     assert len(table.splitlines()) == 2 + len(records)
+    (row,) = speedup_table(records, matmul=10.0)
+    ref, fold = records[1], records[2]
+    assert row["speedup_forward"] == ref.seconds["forward"] / fold.seconds["forward"]
+    assert row["share_of_matmul"] == pixel_product_flops(SHAPE) / fold.seconds["forward"] / 1e9 / 10.0
+    assert format_speedup_table([row]).count("\n") == 2
     paths = plot(records, tmp_path)
-    assert [p.name for p in paths] == ["time.png"]  # no memory figure without memory numbers
+    assert [p.name for p in paths] == ["time.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
 
 
-def test_peak_memory_cpu_in_a_fresh_process():
-    # (1, 64, 32, 32): the reference keeps q, k, v of 3*512 channels per pixel, > 6 MB.
-    peaks = peak_memory_mb("esa_reference", (1, 64, 32, 32), torch.float32, "cpu")
-    assert set(peaks) == {"forward", "forward_backward"}
-    assert peaks["forward"] > 1024 * 3 * 512 * 4 / 2**20
-    assert peaks["forward_backward"] >= peaks["forward"]
+def test_saved_for_backward_folded_keeps_no_scores():
+    # (1, 64, 32, 32): the literal form keeps q (512 channels per pixel) and its (8, 1024, 35) attention;
+    # the folded form keeps x, a and vo only: no (N, 280) scores or probabilities.
+    shape = (1, 64, 32, 32)
+    ref = saved_for_backward_mb("esa_reference", shape, torch.float32, "cpu")
+    fold = saved_for_backward_mb("esa_folded", shape, torch.float32, "cpu")
+    assert ref > 1024 * 512 * 4 / 2**20
+    assert fold < 1024 * 280 * 4 / 2**20
+    assert fold < ref / 10
+
+
+def test_forward_breakdown_parts_add_up_to_the_whole():
+    parts = forward_breakdown((1, 16, 12, 12), min_run_time=0.001)
+    assert set(parts) == set(BREAKDOWN_PARTS) | {"whole"}
+    assert all(parts[p] > 0 for p in BREAKDOWN_PARTS[:-1])
+    assert sum(parts[p] for p in BREAKDOWN_PARTS) == pytest.approx(parts["whole"])
 
 
 def test_main_writes_json_and_plots(tmp_path, capsys):
     records = main(["--quick", "--shape", "1", "8", "3", "3", "--variants", "esa_reference", "esa_folded",
-                    "--no-memory", "--out", str(tmp_path)])
+                    "--no-memory", "--device", "cpu", "--out", str(tmp_path)])
     assert all(isinstance(r, Record) for r in records)
     result = json.loads((tmp_path / "bench.json").read_text())
     assert result["dtype"] == "float32" and result["matmul_gflops"] > 0
     assert [r["variant"] for r in result["records"]] == ["esa_reference", "esa_folded"]
-    assert (tmp_path / "time.png").exists() and not (tmp_path / "memory.png").exists()
+    assert result["speedup"][0]["shape"] == [1, 8, 3, 3]
+    assert "load_average_1_5_15" in result["machine"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "time.png"]  # no temporary files left
     assert "esa_folded" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "meta"], "--device must be cpu or cuda"),
+    (["--device", "nonexistent"], "--device"),
+    (["--repeats", "0"], "--repeats: must be an integer >= 1, got 0"),
+    (["--repeats", "-2"], "--repeats: must be an integer >= 1, got -2"),
+    (["--mhsa-limit-gb", "0"], "--mhsa-limit-gb: must be a finite number > 0, got 0"),
+    (["--mhsa-limit-gb", "nan"], "--mhsa-limit-gb: must be a finite number > 0, got nan"),
+    (["--min-run-time", "inf"], "--min-run-time: must be a finite number > 0, got inf"),
+    (["--shape", "1", "8", "0", "3"], "--shape: must be an integer >= 1, got 0"),
+    (["--ldnet-step", "--ldnet-size", "100"], "--ldnet-size must be a multiple of 32, got 100"),
+])
+def test_bad_options_are_rejected_before_any_work(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unwritable_out_is_rejected_before_any_work(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("not a directory")
+    for out in (a_file, a_file / "below"):
+        with pytest.raises(SystemExit):
+            main(["--quick", "--device", "cpu", "--out", str(out)])
+        assert "is not a writable directory" in capsys.readouterr().err
+    assert a_file.read_text() == "not a directory"
+
+
+def test_shipped_results_load_and_describe():
+    from esa_tutorial.bench import results
+
+    assert "cpu" in results.available()
+    run = results.load("cpu")
+    assert [r["shape"] for r in run["speedup"]] == [list(s) for s in LDNET_SHAPES]
+    for row in run["speedup"]:  # the table chapter 7 prints is consistent with the records it came from
+        ref = next(r for r in run["records"] if r["shape"] == row["shape"] and r["variant"] == "esa_reference")
+        assert row["esa_reference_forward_ms"] == pytest.approx(1e3 * ref["seconds"]["forward"])
+    assert results.describe(run).startswith("cpu (")
+    assert "GEMM1 (scores)" in results.describe_breakdown(run)
+    assert "batch 16 at 224x224" in results.describe_ldnet_step(run)
+    with pytest.raises(FileNotFoundError, match="no shipped benchmark result 'tpu'"):
+        results.load("tpu")

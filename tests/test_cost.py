@@ -6,6 +6,7 @@ from torch import nn
 
 from esa_tutorial import ESA, LCA, MHSA
 from esa_tutorial.cost import attention_matrix_bytes, count_flops, flops_by_operator
+from esa_tutorial.folded import CPU_BLOCK_ROWS
 
 # Two FLOPs per multiply-add. With C channels, inner = heads * dim_head, N pixels, n_kv tokens:
 #   to_qkv (1x1 conv):     2 * N * C * 3 * inner
@@ -42,11 +43,29 @@ def test_identity_output_projection_adds_no_flops():
     assert flops_by_operator(module, torch.randn(1, 8, 4, 4)) == hand_flops(1, 8, 1, 8, 16, 16, False)
 
 
-def test_meta_counts_equal_cpu_counts_for_folded_esa():
-    cpu = count_flops(ESA(16, heads=2, dim_head=8), torch.randn(1, 16, 10, 10))
+def folded_hand_flops(batch, c, heads, dim_head, n, n_kv=35):
+    """Folded ESA: two pixel products (C -> heads*n_kv -> C) and, per image, K, V, A and V'."""
+    inner = heads * dim_head
+    return batch * (2 * 2 * n * c * heads * n_kv + 4 * 2 * inner * c * n_kv)
+
+
+@pytest.mark.parametrize("hw", [(10, 10), (64, 64)])
+def test_folded_esa_counts_match_hand_count_on_cpu_and_meta(hw):
+    # 2 x 64 x 64 = 8192 rows spans two CPU blocks: every block must be seen (issue 12: 18M, not 72k).
+    # dim_head 16: the folded form counts fewer FLOPs than the literal one here, so ESA folds.
+    assert 2 * 64 * 64 > CPU_BLOCK_ROWS
+    cpu = count_flops(ESA(16, heads=2, dim_head=16), torch.randn(2, 16, *hw))
     with torch.device("meta"):
-        meta = count_flops(ESA(16, heads=2, dim_head=8), torch.empty(1, 16, 10, 10))
-    assert meta == cpu > 0
+        meta = count_flops(ESA(16, heads=2, dim_head=16), torch.empty(2, 16, *hw))
+    assert meta == cpu == folded_hand_flops(2, 16, 2, 16, hw[0] * hw[1])
+    if hw == (64, 64):
+        assert cpu == 2 * (4096 * 4 * 16 * 70 + 8 * 32 * 16 * 35) == 36_986_880
+
+
+def test_folded_esa_falls_back_to_the_cheaper_literal_form():
+    # With dim_head 8, per pixel the literal form counts 4,288 FLOPs, the folded one 4,480.
+    x = torch.randn(1, 16, 12, 12)
+    assert count_flops(ESA(16, heads=2, dim_head=8), x) == sum(hand_flops(1, 16, 2, 8, 144, 35).values())
 
 
 @pytest.mark.parametrize("dtype,itemsize", [(torch.float32, 4), (torch.float64, 8)])

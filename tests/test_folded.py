@@ -1,11 +1,11 @@
-"""ESA's folded form against its literal (reference) form: outputs, gradients, dropout, dtypes."""
+"""ESA's folded form against its literal (reference) form: outputs, gradients, blocks, dropout, dtypes."""
 
 import pytest
 import torch
 
-import esa_tutorial.folded as folded
 from esa_tutorial import ESA
-from esa_tutorial.folded import _blocks, folded_attention
+from esa_tutorial.esa import literal_is_cheaper
+from esa_tutorial.folded import CPU_BLOCK_ROWS, block_pixels, folded_attention, softmax_per_head
 
 # (batch, dim, height, width, heads, dim_head)
 SHAPES = [
@@ -15,6 +15,7 @@ SHAPES = [
     (3, 12, 5, 3, 3, 4),  # non-square, taller than wide, batch 3
     (2, 6, 6, 5, 1, 6),  # heads=1 and dim_head=dim: to_out is Identity
     (1, 64, 6, 6, 8, 64),  # LDNet's heads and dim_head
+    (1, 4, 70, 70, 2, 4),  # 4900 pixels: more than one CPU block, the last one short
 ]
 
 
@@ -22,31 +23,30 @@ def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30)).item()
 
 
-def outputs_and_grads(esa: ESA, x: torch.Tensor, impl: str) -> list[torch.Tensor]:
+def outputs_and_grads(esa: ESA, x: torch.Tensor, forward) -> list[torch.Tensor]:
     """Output, input gradient and every parameter gradient for a fixed random output gradient."""
-    esa.impl = impl
     esa.zero_grad(set_to_none=True)
     x = x.detach().requires_grad_(True)
-    out = esa(x)
+    out = forward(x)
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=out.dtype)
     out.backward(grad)
     return [out.detach(), x.grad] + [p.grad for p in esa.parameters()]
 
 
-@pytest.fixture(params=[3, 256], ids=["rows3", "rows256"])
-def block_rows(request, monkeypatch):
-    """Run the folded form with tiny blocks (many, with a ragged last one) and with the default."""
-    monkeypatch.setattr(folded, "CPU_BLOCK_ROWS", request.param)
-    return request.param
+def unblocked(x, a, vo, bias, heads):
+    """The folded formula written out over all pixels at once."""
+    b, _, n = x.shape
+    probs = torch.softmax((x.transpose(1, 2) @ a).reshape(b, n, heads, -1), dim=-1).reshape(b, n, -1)
+    return probs @ vo + (0 if bias is None else bias)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_folded_matches_reference_outputs_and_gradients(shape, block_rows):
+def test_folded_matches_reference_outputs_and_gradients(shape):
     b, c, h, w, heads, dim_head = shape
     esa = ESA(c, heads, dim_head)
     x = torch.randn(b, c, h, w)
-    ref = outputs_and_grads(esa, x, "reference")
-    fold = outputs_and_grads(esa, x, "folded")
+    ref = outputs_and_grads(esa, x, esa.forward_reference)
+    fold = outputs_and_grads(esa, x, esa.forward_folded)
     names = ["output", "input grad"] + [n for n, _ in esa.named_parameters()]
     assert len(ref) == len(fold) == len(names)
     for name, r, f in zip(names, ref, fold):
@@ -54,68 +54,63 @@ def test_folded_matches_reference_outputs_and_gradients(shape, block_rows):
         assert rel_err(f, r) <= 1e-5, f"{name}: relative error {rel_err(f, r):.2e}"
 
 
-def test_identity_case_has_no_output_projection():
-    esa = ESA(6, heads=1, dim_head=6)
-    assert isinstance(esa.to_out, torch.nn.Identity)
-    assert sorted(esa.state_dict()) == ["to_qkv.weight"]
-
-
-def test_gradcheck_float64_folded(monkeypatch):
-    # Blocks of 5 pixels on 3x4 images: blocks end mid-image and the last one is short.
-    monkeypatch.setattr(folded, "CPU_BLOCK_ROWS", 5)
-    esa = ESA(6, 2, 3).double()
-    x = torch.randn(2, 6, 3, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(esa, (x,))
-
-
-@pytest.mark.parametrize("rows", [1, 4, None], ids=["rows1", "rows4", "whole"])
-def test_gradcheck_folded_attention_all_inputs(rows):
-    b, c, n, heads, k = 2, 3, 7, 2, 4
-    x = torch.randn(b, c, n, dtype=torch.float64, requires_grad=True)
-    a = torch.randn(b, c, heads * k, dtype=torch.float64, requires_grad=True)
-    vo = torch.randn(b, heads * k, c, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(c, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(
-        lambda *t: folded_attention(*t, heads, rows=rows if rows else n), (x, a, vo, bias)
-    )
-
-
-def test_folded_attention_equals_unblocked_formula():
+def test_folded_attention_equals_unblocked_formula_for_any_block_size():
     b, c, n, heads, k = 2, 5, 11, 3, 4
     x, a = torch.randn(b, c, n), torch.randn(b, c, heads * k)
     vo, bias = torch.randn(b, heads * k, c), torch.randn(c)
-    probs = torch.softmax((x.transpose(1, 2) @ a).reshape(b, n, heads, k), dim=-1).reshape(b, n, heads * k)
-    want = probs @ vo + bias
-    for rows in (1, 3, n, 100):
+    want = unblocked(x, a, vo, bias, heads)
+    for rows in (1, 2, 6, 2 * n, 1000):  # 1 and 2 rows: one pixel per block; 6: blocks of 3, last short
         torch.testing.assert_close(folded_attention(x, a, vo, bias, heads, rows=rows), want)
     torch.testing.assert_close(folded_attention(x, a, vo, None, heads, rows=4), want - bias)
 
 
-def test_blocks_cover_every_pixel_once():
-    seen = torch.zeros(3, 10, dtype=torch.int64)
-    for bs, ps in _blocks(3, 10, 4):
-        seen[bs, ps] += 1
-    assert torch.equal(seen, torch.ones_like(seen))
-    assert list(_blocks(3, 10, None)) == [(slice(None), slice(None))]
-    assert list(_blocks(3, 10, 10)) == [(slice(None), slice(None))]
+def test_block_pixels():
+    cpu = torch.device("cpu")
+    assert block_pixels(4, 10_000, cpu) == CPU_BLOCK_ROWS // 4
+    assert block_pixels(1, 100, cpu) == 100  # never more than the image
+    assert block_pixels(8, 100, cpu, rows=3) == 1  # never less than one pixel
+    assert block_pixels(16, 12544, torch.device("meta")) == 12544  # one block off the CPU
+
+
+@pytest.mark.parametrize("rows", [1, 4, None], ids=["rows1", "rows4", "whole"])
+def test_gradcheck_and_gradgradcheck_folded_attention(rows):
+    b, c, n, heads, k = 2, 3, 7, 2, 4
+    inputs = [
+        torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        for shape in ((b, c, n), (b, c, heads * k), (b, heads * k, c), (c,))
+    ]
+
+    def f(*t):
+        return folded_attention(*t, heads, rows=rows)
+
+    assert torch.autograd.gradcheck(f, inputs, fast_mode=True)
+    if rows == 4:  # blocks of 2 pixels (batch 2), the last one short
+        # The hand-written backward is made of differentiable operations: second derivatives are right too.
+        assert torch.autograd.gradgradcheck(f, inputs, fast_mode=True)
+
+
+@pytest.mark.parametrize("impl", ["folded", "reference", "sdpa"])
+def test_gradcheck_float64_module(impl):
+    esa = ESA(6, 2, 3, impl=impl).double()
+    x = torch.randn(2, 6, 3, 4, dtype=torch.float64, requires_grad=True)
+    forward = esa.forward_folded if impl == "folded" else esa
+    assert torch.autograd.gradcheck(forward, (x,), fast_mode=True)
 
 
 def test_dropout_eval_mode_equal_and_train_mode_same_mask():
     esa = ESA(16, 4, 8, dropout=0.5)
     x = torch.randn(2, 16, 5, 6)
     esa.eval()
-    esa.impl = "reference"
-    ref_eval = esa(x)
-    esa.impl = "folded"
-    assert rel_err(esa(x), ref_eval) <= 1e-5
+    ref_eval = esa.forward_reference(x)
+    assert rel_err(esa.forward_folded(x), ref_eval) <= 1e-5
     # In training, dropout is the only random draw of either form and acts on a same-shaped
     # (B, N, C) output, so the same seed gives both the same mask: outputs and gradients agree.
     esa.train()
     results = {}
-    for impl in ("reference", "folded"):
+    for name, forward in (("reference", esa.forward_reference), ("folded", esa.forward_folded)):
         with torch.random.fork_rng():
             torch.manual_seed(123)
-            results[impl] = outputs_and_grads(esa, x, impl)
+            results[name] = outputs_and_grads(esa, x, forward)
     for r, f in zip(results["reference"], results["folded"]):
         assert rel_err(f, r) <= 1e-5
     out = results["folded"][0]
@@ -125,12 +120,11 @@ def test_dropout_eval_mode_equal_and_train_mode_same_mask():
     torch.testing.assert_close(out[kept], 2 * ref_eval.detach()[kept], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["reference", "folded"])
-def test_bfloat16_close_to_float32(impl):
-    esa = ESA(32, 4, 16, impl=impl)
+def test_bfloat16_module_close_to_float32():
+    esa = ESA(32, 4, 16)
     x = torch.randn(2, 32, 6, 7)
-    want = esa(x)
-    got = esa.to(torch.bfloat16)(x.to(torch.bfloat16))
+    want = esa.forward_folded(x)
+    got = esa.to(torch.bfloat16).forward_folded(x.to(torch.bfloat16))
     assert got.dtype == torch.bfloat16
     assert rel_err(got, want) < 3e-2
     got.float().sum().backward()
@@ -143,24 +137,30 @@ def test_state_dicts_interchangeable():
     assert folded_esa.state_dict().keys() == reference_esa.state_dict().keys()
     reference_esa.load_state_dict(folded_esa.state_dict(), strict=True)
     x = torch.randn(2, 16, 4, 5)
-    assert rel_err(folded_esa(x), reference_esa(x)) <= 1e-5
+    assert rel_err(folded_esa.forward_folded(x), reference_esa(x)) <= 1e-5
 
 
-def test_inference_mode_channels_last_and_frozen_input():
+def test_channels_last_and_frozen_input():
     esa = ESA(16, 4, 8)
     x = torch.randn(2, 16, 5, 7)
-    esa.impl = "reference"
-    want = esa(x).detach()
-    esa.impl = "folded"
-    with torch.inference_mode():
-        assert rel_err(esa(x), want) <= 1e-5
-    assert rel_err(esa(x.to(memory_format=torch.channels_last)), want) <= 1e-5
-    esa(x).sum().backward()  # input without requires_grad: only parameter gradients
+    want = esa.forward_reference(x).detach()
+    assert rel_err(esa.forward_folded(x.to(memory_format=torch.channels_last)), want) <= 1e-5
+    esa.forward_folded(x).sum().backward()  # input without requires_grad: only parameter gradients
     assert all(p.grad is not None for p in esa.parameters())
 
 
-def test_folded_backward_is_first_order_only():
-    esa = ESA(8, 2, 4)
-    x = torch.randn(1, 8, 3, 3, requires_grad=True)
-    with pytest.raises(RuntimeError, match="first-order gradients only.*impl='reference'"):
-        torch.autograd.grad(esa(x).sum(), x, create_graph=True)
+def test_softmax_per_head_normalises_each_head_separately():
+    s = torch.randn(3, 5, 4 * 7)
+    p = softmax_per_head(s, 4)
+    torch.testing.assert_close(p.unflatten(-1, (4, 7)).sum(-1), torch.ones(3, 5, 4))
+    torch.testing.assert_close(p[..., 7:14], torch.softmax(s[..., 7:14], -1))
+
+
+def test_literal_is_cheaper_by_hand_count():
+    # LDNet's sizes, C = 256: literal 8*512*256 + 140*512 = 1,120,256 FLOPs per pixel; folded 140*8*256
+    # = 286,720 per pixel plus 8*512*256*35 = 36,700,160 per image: the folded form wins from 45 pixels on.
+    assert literal_is_cheaper(44, 256, 8, 64, 35)
+    assert not literal_is_cheaper(45, 256, 8, 64, 35)
+    assert not literal_is_cheaper(121, 256, 8, 64, 35)  # the post's 11x11 demo folds
+    esa = ESA(256)
+    assert esa.literal_is_cheaper(torch.empty(1, 256, 5, 5, device="meta"))

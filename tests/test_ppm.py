@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from esa_tutorial import PPM, adaptive_bins, num_tokens
-from esa_tutorial.naive import naive_pyramid_pool
+from oracle import naive_pyramid_pool
 
 
 @pytest.mark.parametrize("hw", [(11, 11), (7, 13), (5, 5), (2, 2), (1, 1), (1, 9), (40, 3)])

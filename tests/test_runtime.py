@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from esa_tutorial import check_shape, seed_everything
-from esa_tutorial.bench import main as bench_main
+from esa_tutorial.bench.__main__ import main as bench_main
 from esa_tutorial.runtime import default_device, resolve_device
 
 
@@ -15,11 +15,12 @@ def test_resolve_device():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_without_gpu_is_a_clear_error_in_training_and_benchmark():
+def test_cuda_without_gpu_is_a_clear_error_in_training_and_benchmark(tmp_path, capsys):
     with pytest.raises(ValueError, match="device 'cuda' requested but CUDA is not available"):
         resolve_device("cuda")
-    with pytest.raises(ValueError, match="CUDA is not available"):
-        bench_main(["--quick", "--device", "cuda", "--no-memory"])
+    with pytest.raises(SystemExit):
+        bench_main(["--quick", "--device", "cuda", "--no-memory", "--out", str(tmp_path)])
+    assert "CUDA is not available" in capsys.readouterr().err
 
 
 def test_check_shape():
@@ -34,3 +35,14 @@ def test_seed_everything_repeats_draws():
     a = torch.randn(4)
     seed_everything(3)
     torch.testing.assert_close(torch.randn(4), a)
+
+
+def test_version_comes_from_the_package_metadata():
+    import tomllib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    import esa_tutorial
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert esa_tutorial.__version__ == version("esa-tutorial") == pyproject["project"]["version"]

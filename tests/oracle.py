@@ -1,4 +1,4 @@
-"""An independent, deliberately plain implementation used to check the modules.
+"""The tests' float64 oracle: an independent, deliberately plain implementation of ESA and MHSA.
 
 Written differently from ``esa_tutorial.esa`` on purpose: explicit bin
 sums instead of ``adaptive_avg_pool2d``, a Python loop over heads, an explicit
@@ -7,12 +7,12 @@ exp/sum softmax, and float64 throughout. It is slow and only for small inputs.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from .ppm import adaptive_bins
+from esa_tutorial.ppm import adaptive_bins
 
 
 def naive_pyramid_pool(x: torch.Tensor, pooling_sizes: Sequence[int] = (1, 3, 5)) -> torch.Tensor:
@@ -39,7 +39,7 @@ def naive_attention(
     w_out: torch.Tensor | None,
     b_out: torch.Tensor | None,
     heads: int,
-    kv_tokens,
+    kv_tokens: Callable[[torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
     """Per-head attention from pixels to tokens, computed head by head in float64.
 

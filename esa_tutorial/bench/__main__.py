@@ -1,0 +1,160 @@
+"""``python -m esa_tutorial.bench``: time, FLOPs and memory of the package's attention layers.
+
+    python -m esa_tutorial.bench                 # LDNet's shapes at 224x224, batch 16
+    python -m esa_tutorial.bench --quick         # small batch, a few minutes on 2 CPU cores
+    python -m esa_tutorial.bench --ldnet-step --breakdown --out bench_results/cpu
+
+Prints the folded form beside the literal form (issue 15's table) and every
+variant's numbers; writes ``<out>/bench.json`` and ``<out>/time.png``. All
+options are checked before any work starts; files are written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..runtime import resolve_device
+from . import (
+    DTYPES, LDNET_SHAPES, QUICK_SHAPES, VARIANTS, Record, esa_share_of_step, format_speedup_table,
+    format_table, forward_breakdown, ldnet_training_step, log, machine, matmul_gflops, plot,
+    run_benchmark, speedup_table,
+)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m esa_tutorial.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="batch 2, one round: a few minutes on 2 cores")
+    parser.add_argument("--shape", nargs=4, type=_positive_int, action="append", metavar=("B", "C", "H", "W"),
+                        help="benchmark this shape instead (repeatable)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--repeats", type=_positive_int, default=None,
+                        help="interleaved timing rounds (default 3, --quick 1)")
+    parser.add_argument("--min-run-time", type=_positive_float, default=None,
+                        help="seconds per timing (default 0.2, --quick 0.05)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
+    parser.add_argument("--mhsa-limit-gb", type=_positive_float, default=None,
+                        help="skip MHSA where its attention matrix is larger (default 2, --quick 0.1)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="time the parts of the folded forward at the first shape")
+    parser.add_argument("--ldnet-step", action="store_true",
+                        help="time a paper-sized LDNet training step, folded vs literal ESA")
+    parser.add_argument("--ldnet-batch", type=_positive_int, default=16)
+    parser.add_argument("--ldnet-size", type=_positive_int, default=224, help="a multiple of 32")
+    parser.add_argument("--ldnet-steps", type=_positive_int, default=2,
+                        help="timed training steps after one warm-up step (median reported)")
+    parser.add_argument("--out", type=Path, default=Path("bench_results"))
+    return parser
+
+
+def _check_device(parser: argparse.ArgumentParser, name: str | None) -> torch.device:
+    try:
+        device = resolve_device(name)
+    except (RuntimeError, ValueError) as err:  # torch.device("nonexistent") raises RuntimeError
+        parser.error(f"--device: {err}")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda (a device that computes), got {name!r}")
+    return device
+
+
+def _check_out(parser: argparse.ArgumentParser, out: Path) -> None:
+    """Fail now, not after the measurements, if ``out`` cannot take the results."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        parser.error(f"--out {str(out)!r} is not a writable directory: {err}")
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write JSON to a temporary file next to ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> list[Record]:
+    """Run the benchmark with command-line arguments ``argv`` (default ``sys.argv[1:]``); returns the records."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    device = _check_device(parser, args.device)
+    if args.ldnet_step and args.ldnet_size % 32:
+        parser.error(f"--ldnet-size must be a multiple of 32, got {args.ldnet_size}")
+    _check_out(parser, args.out)
+
+    dtype = DTYPES[args.dtype]
+    shapes = [tuple(s) for s in args.shape] if args.shape else (QUICK_SHAPES if args.quick else LDNET_SHAPES)
+    repeats = args.repeats or (1 if args.quick else 3)
+    min_run_time = args.min_run_time or (0.05 if args.quick else 0.2)
+    mm_size = 1024 if args.quick else 2048
+    log(f"machine: {machine()}")
+    mm_time = max(0.1, 2 * min_run_time)
+    matmul = matmul_gflops(dtype, device, size=mm_size, min_run_time=mm_time)
+    records = run_benchmark(shapes, args.variants, dtype=dtype, device=device, repeats=repeats,
+                            min_run_time=min_run_time, memory=not args.no_memory,
+                            mhsa_limit_gb=args.mhsa_limit_gb or (0.1 if args.quick else 2.0), progress=log)
+    # Measured again at the end and the better kept: a busy spell must not inflate the shares.
+    matmul = max(matmul, matmul_gflops(dtype, device, size=mm_size, min_run_time=mm_time))
+    summary = speedup_table(records, matmul)
+    log(f"device {device}, {args.dtype}, dense matmul {matmul:.1f} GFLOP/s")
+    log(format_table(records, matmul))
+    log("")
+    log(format_speedup_table(summary))
+    result: dict[str, object] = dict(machine=machine(), device=str(device), dtype=args.dtype,
+                                     matmul_gflops=matmul, records=[asdict(r) for r in records],
+                                     speedup=summary)
+    if args.breakdown:
+        parts = forward_breakdown(shapes[0], dtype, device, min_run_time)
+        result["breakdown"] = dict(shape=list(shapes[0]), seconds=parts)
+        log("folded forward at " + "x".join(map(str, shapes[0])) + ": "
+            + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in parts.items()))
+    if args.ldnet_step:
+        step = {impl: ldnet_training_step(impl, args.ldnet_batch, args.ldnet_size, device, args.ldnet_steps)
+                for impl in ("reference", "folded")}
+        side = args.ldnet_size
+        stages = [(args.ldnet_batch, c, side // s, side // s) for c, s in ((64, 2), (64, 4), (128, 8), (256, 16))]
+        share = esa_share_of_step(stages, step["folded"], dtype, device, min_run_time)
+        result["ldnet_step"] = dict(batch=args.ldnet_batch, size=side, seconds=step, esa_share_folded=share)
+        log(f"LDNet training step, batch {args.ldnet_batch} at {side}x{side}: literal ESA "
+            f"{step['reference']:.2f} s, folded ESA {step['folded']:.2f} s; folded ESA layers "
+            f"~{100 * share:.0f}% of the step")
+    paths = plot(records, args.out)
+    write_json_atomic(args.out / "bench.json", result)
+    for path in [*paths, args.out / "bench.json"]:
+        log(f"wrote {path}")
+    return records
+
+
+if __name__ == "__main__":
+    main()
