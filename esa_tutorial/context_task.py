@@ -210,3 +210,49 @@ class ContextNet(nn.Module):
             raise ValueError(f"ContextNet needs an even height and width, got {tuple(x.shape[-2:])}")
         features = self.block(self.stem(x))
         return F.interpolate(self.head(features), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def key_attention(model: ContextNet, sample: ContextSample) -> dict[str, torch.Tensor]:
+    """How much of its attention each kind of pixel puts on the key, per head.
+
+    For the centre pixel of the target disc, of a distractor disc and of a
+    background pixel (the image centre's nearest pixel outside discs and key),
+    returns (heads,) tensors: the sum of
+    :func:`~esa_tutorial.attention_maps.effective_pixel_weights` over the
+    key's feature pixels. With uniform attention this is the key's share of
+    the map's area.
+    """
+    from .attention_maps import attention_weights, effective_pixel_weights
+
+    if model.attention != "esa":
+        raise ValueError(f"key_attention reads ESA's pooled weights; the model has attention={model.attention!r}")
+    layer = model.block.ESAlayer
+    image = torch.from_numpy(np.ascontiguousarray(sample.image.transpose(2, 0, 1)))[None]
+    was_training = model.training
+    model.eval()
+    features = model.stem(image)
+    model.train(was_training)
+    h, w = features.shape[-2:]
+    size = sample.image.shape[0]
+    attn = attention_weights(layer, features)[0]  # (heads, h*w, n_kv)
+    top, left, bottom, right = (v * h // size for v in sample.key_box)
+    distractor = (sample.target + 1) % N_DISCS
+    taken = sample.mask.copy()
+    yy, xx = np.mgrid[0:size, 0:size]
+    for (cy, cx), r in zip(sample.centres, sample.radii):
+        taken |= (yy - cy) ** 2 + (xx - cx) ** 2 <= (r + 3) ** 2
+    taken[sample.key_box[0] - 3 : sample.key_box[2] + 3, sample.key_box[1] - 3 : sample.key_box[3] + 3] = True
+    free = np.argwhere(~taken)
+    background = free[np.argmin(((free - size / 2) ** 2).sum(1))]
+    pixels = {
+        "target disc": sample.centres[sample.target],
+        "other disc": sample.centres[distractor],
+        "background": background,
+    }
+    out = {}
+    for name, (py, px) in pixels.items():
+        fy, fx = min(h - 1, int(py) * h // size), min(w - 1, int(px) * w // size)
+        eff = effective_pixel_weights(attn[:, fy * w + fx], h, w, layer.ppm.pooling_sizes)
+        out[name] = eff[:, top:bottom, left:right].sum((-2, -1))
+    return out

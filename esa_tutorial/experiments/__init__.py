@@ -189,7 +189,8 @@ def train_run(
     steps = spec.steps if stop_after is None else min(stop_after, spec.steps)
     cost = {
         "params": float(sum(p.numel() for p in model.parameters())),
-        "saved_mb": saved_bytes(model, x[: spec.batch_size]) / 2**20,
+        # clone: a slice of x is a view of the whole data set, whose storage would be counted.
+        "saved_mb": saved_bytes(model, x[: spec.batch_size].clone()) / 2**20,
     }
     model.train()
     for step in range(steps):
@@ -266,10 +267,19 @@ def run_suite(
 
 
 def write_results(results: Sequence[RunResult], out: Path, suite: str) -> Path:
-    """Write the runs' specs, histories and costs to ``out/histories/<suite>.json``."""
+    """Write the runs' specs, histories and costs to ``out/histories/<suite>.json``.
+
+    Runs already in the file are kept unless a new run has the same name, so a
+    suite can be completed seed by seed.
+    """
     path = out / "histories" / f"{suite}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([r.to_json() for r in results], indent=1) + "\n")
+    new = [r.to_json() for r in results]
+    names = {spec_from_json(r["spec"]).name for r in new}
+    old = json.loads(path.read_text()) if path.is_file() else []
+    kept = [r for r in old if spec_from_json(r["spec"]).name not in names]
+    runs = sorted(kept + new, key=lambda r: (r["spec"]["seed"], r["spec"]["variant"]))
+    path.write_text(json.dumps(runs, indent=1) + "\n")
     return path
 
 
