@@ -49,13 +49,21 @@ class FeedForward(nn.Module):
         return self.net(x)
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled`` for ``device_type``; False for devices without autocast (``meta``)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
 def check_dtype(x: torch.Tensor, weight: torch.Tensor, who: str) -> None:
     """Input and weights must share dtype and device, except that autocast may mix dtypes.
 
     Under ``torch.autocast`` each layer casts its inputs itself, so a bfloat16
     activation meeting float32 weights is expected there and nowhere else.
     """
-    if torch.is_autocast_enabled(x.device.type) and x.device == weight.device:
+    if autocast_enabled(x.device.type) and x.device == weight.device:
         return
     check_same_dtype(x, weight, who)
 
@@ -77,7 +85,7 @@ def check_mask_logits(mask_logits: object, x: torch.Tensor, who: str) -> torch.T
             f"{who} expects floating-point mask logits (a sigmoid is applied to them), got "
             f"{mask_logits.dtype}; a 0/1 mask is not logits: pass e.g. torch.where(mask, 10.0, -10.0)"
         )
-    autocast = torch.is_autocast_enabled(x.device.type)
+    autocast = autocast_enabled(x.device.type)
     if mask_logits.dtype != x.dtype and not autocast:
         raise TypeError(
             f"{who}: the features are {x.dtype} but the mask logits are {mask_logits.dtype}; "

@@ -37,16 +37,19 @@ def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
     ``kaiming_uniform_(a=sqrt(5))``, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
     and biases from the same range. Norm layers get ones and zeros and fresh
     running statistics. Any other layer with parameters raises ``TypeError``
-    rather than being left at its old values.
+    rather than being left at its old values. A module on the ``meta``
+    device (shapes only, no values) is returned unchanged.
     """
+    if any(p.is_meta for p in module.parameters()):
+        return module
     for sub in module.modules():
         if isinstance(sub, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             fan_in = sub.weight[0].numel()
             bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
-            cpu = torch.empty(sub.weight.shape).uniform_(-bound, bound, generator=generator)
+            cpu = torch.empty(sub.weight.shape, device="cpu").uniform_(-bound, bound, generator=generator)
             sub.weight.copy_(cpu)
             if sub.bias is not None:
-                sub.bias.copy_(torch.empty(sub.bias.shape).uniform_(-bound, bound, generator=generator))
+                sub.bias.copy_(torch.empty(sub.bias.shape, device="cpu").uniform_(-bound, bound, generator=generator))
         elif isinstance(sub, _NORMS):
             sub.reset_parameters()
         elif any(True for _ in sub.parameters(recurse=False)):

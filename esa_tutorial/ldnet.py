@@ -181,7 +181,7 @@ class LDNet(nn.Module):
         self.use_lca = use_lca
         self.width = check_positive_int("width", width)
         if seed is None:
-            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+            seed = int(torch.randint(0, 2**31 - 1, (), device="cpu").item())
         self.seed = seed
         self.encoder = Encoder(width)
         c = self.encoder.channels  # (w, w, 2w, 4w, 8w), fine to coarse

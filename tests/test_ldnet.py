@@ -293,3 +293,18 @@ def test_ldnet_with_lca_runs_under_cpu_autocast() -> None:
     assert got[0].dtype == torch.bfloat16
     for a, b in zip(got, expected):
         torch.testing.assert_close(a.float(), b, rtol=0.1, atol=0.2)
+
+
+def test_ldnet_builds_on_the_meta_device() -> None:
+    # Shapes only (used to count parameters and FLOPs without memory): no values to initialise.
+    with torch.device("meta"):
+        model = LDNet(**TINY)
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_ldnet_runs_on_meta_tensors() -> None:
+    # Meta tensors have no autocast: the dtype check must not ask for it.
+    with torch.device("meta"):
+        model = LDNet(**TINY)
+        outputs = model(torch.empty(1, 3, 64, 64))
+    assert tuple(outputs[0].shape) == (1, 1, 64, 64) and outputs[0].is_meta
