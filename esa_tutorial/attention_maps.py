@@ -127,6 +127,7 @@ def show_heatmaps(
     cmap: str = "viridis",
     size: float = 2.2,
     colorbar: bool = True,
+    title: str | None = None,
 ) -> plt.Figure:
     """Draw (rows, cols, h, w) matrices as a grid of heatmaps sharing one colour scale (like d2l's)."""
     m = np.asarray(matrices.detach().cpu() if isinstance(matrices, torch.Tensor) else matrices)
@@ -146,6 +147,8 @@ def show_heatmaps(
                 axes[r, c].set_ylabel(row_titles[r], fontsize=9)
     if colorbar:
         fig.colorbar(im, ax=axes, shrink=0.8)
+    if title is not None:
+        fig.suptitle(title)
     return fig
 
 

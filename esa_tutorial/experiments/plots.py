@@ -22,7 +22,11 @@ def curves(runs: Sequence[dict[str, Any]], variant: str, key: str = "val_dice") 
 
 
 def plot_curves(
-    runs: Sequence[dict[str, Any]], variants: Sequence[str], key: str = "val_dice", ax: plt.Axes | None = None
+    runs: Sequence[dict[str, Any]],
+    variants: Sequence[str],
+    key: str = "val_dice",
+    ax: plt.Axes | None = None,
+    title: str | None = None,
 ) -> plt.Axes:
     """Mean over seeds (line) and min-max over seeds (band) of ``key`` against the training step."""
     ax = ax or plt.subplots(figsize=(5.5, 3.4))[1]
@@ -31,7 +35,7 @@ def plot_curves(
         colour = COLOURS.get(v)
         ax.plot(steps, ys.mean(0), "o-", ms=3, color=colour, label=f"{v} ({len(ys)} seeds)")
         ax.fill_between(steps, ys.min(0), ys.max(0), color=colour, alpha=0.2)
-    ax.set(xlabel="training step", ylabel=key.replace("_", " "))
+    ax.set(xlabel="training step", ylabel=key.replace("_", " "), title=title)
     ax.legend(fontsize=8)
     return ax
 
