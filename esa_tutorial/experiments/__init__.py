@@ -16,10 +16,15 @@ same number of steps and the same optimiser (AdamW with a poly schedule). Cost
 is measured in the same run: parameters, bytes autograd keeps for one
 training batch, and the median wall time of a step.
 
-``python -m esa_tutorial.experiments all`` reproduces everything the book
-loads from :data:`PRETRAINED` (about 30 minutes on one CPU thread); the
-files are committed as package data, so ``pip install`` (Colab included) gets
-them without a download step. :func:`load_history` and
+``python -m esa_tutorial.experiments context`` and ``... ablation`` reproduce
+everything the book loads from :data:`PRETRAINED`. The stored runs took about
+57 and 49 minutes of training steps on one thread each, on a busy shared
+2-core machine (each run's time is in its history; suites can run in parallel
+processes with ``--seeds``/``--variants`` and the same ``--out``, results are
+merged by run name). The files (about 3 MB) are committed as package data
+rather than attached as release files because the book runs on Colab from a
+``pip install`` of the package: the checkpoints arrive with it, with no
+download step that could fail or drift from the code. :func:`load_history` and
 :func:`load_model` check each file's SHA-256 against ``manifest.json``.
 """
 
