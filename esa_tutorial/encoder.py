@@ -19,10 +19,13 @@ from .validation import check_feature_map, check_positive_int
 class ConvBNReLU(nn.Sequential):
     """3x3 (or ``kernel_size``) convolution, batch norm, ReLU: (B, C_in, H, W) -> (B, C_out, H/s, W/s)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, bias: bool = False
+    ) -> None:
         super().__init__(
-            # No bias: the batch norm right after would cancel it.
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False),
+            # No bias by default: in training the batch norm right after cancels it (LDNet's
+            # decoder keeps one, see esa_tutorial.ldnet.DecoderBlock).
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=bias),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )

@@ -212,3 +212,45 @@ def test_lca_is_a_broadcast_lesion_vector() -> None:
     v_pool = hand_mask_pool(torch.einsum("oc,bchw->bohw", w_v, x), logits)[..., 0]  # (B, inner)
     lesion_vector = v_pool @ layer.to_out[0].weight.T + layer.to_out[0].bias  # (B, C)
     torch.testing.assert_close(out, lesion_vector[:, None, :].expand_as(out), rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- mask dtypes and modes
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.int64, torch.uint8])
+def test_bool_and_integer_masks_are_refused_with_the_rule(dtype: torch.dtype) -> None:
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    mask = torch.zeros(1, 1, 4, 4, dtype=dtype)
+    with pytest.raises(TypeError, match=rf"floating-point mask logits.*got {dtype}.*torch.where\(mask, 10.0"):
+        mask_average_pool(x, mask)
+    with pytest.raises(TypeError, match="LCA expects floating-point mask logits"):
+        LCA(1, heads=1, dim_head=2)(x, mask)
+    # The rule's suggestion does what a 0/1 mask means: the pooled token is the lesion's mean.
+    lesion = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    lesion[..., 0, :2] = True
+    token = mask_average_pool(x, torch.where(lesion, 20.0, -20.0))
+    torch.testing.assert_close(token.item(), (0 + 1) / (2 + 5e-4), rtol=0, atol=1e-6)
+
+
+def test_float64_mask_with_float32_features_gets_a_clear_error() -> None:
+    x = torch.rand(2, 8, 4, 4)
+    mask = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"LCA: the features are torch.float32 but the mask logits are torch.float64"):
+        LCABlock(8, heads=2, dim_head=4, mlp_dim=16)(x, mask)
+    with pytest.raises(TypeError, match=r"mask_average_pool: the features are torch.float32"):
+        mask_average_pool(x, mask)
+
+
+def test_lca_block_under_inference_mode_and_autocast() -> None:
+    block = LCABlock(8, heads=2, dim_head=4, mlp_dim=16).eval()
+    x, mask = torch.rand(2, 8, 4, 4), torch.randn(2, 1, 4, 4)
+    with torch.no_grad():
+        expected = block(x, mask)
+    with torch.inference_mode():
+        torch.testing.assert_close(block(x, mask), expected)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        # bfloat16 features with float32 mask logits and weights: allowed under autocast only.
+        got = block(x.bfloat16(), mask)
+    torch.testing.assert_close(got.float(), expected, rtol=0.05, atol=0.05)
+    with pytest.raises(TypeError, match="LCA parameters are torch.float32 but the input is torch.bfloat16"):
+        block(x.bfloat16(), mask.bfloat16())
