@@ -15,7 +15,13 @@ from torch import nn
 
 from .attention import PixelAttention
 from .esa import ESA
-from .validation import check_dropout, check_feature_map, check_positive_int, check_same_dtype
+from .validation import (
+    autocast_enabled,
+    check_dropout,
+    check_feature_map,
+    check_positive_int,
+    check_same_dtype,
+)
 
 MASK_EPS = 5e-4  # LDNet's epsilon: keeps an all-background mask from dividing by zero
 
@@ -47,25 +53,6 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-
-def autocast_enabled(device_type: str) -> bool:
-    """``torch.is_autocast_enabled`` for ``device_type``; False for devices without autocast (``meta``)."""
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except RuntimeError:
-        return False
-
-
-def check_dtype(x: torch.Tensor, weight: torch.Tensor, who: str) -> None:
-    """Input and weights must share dtype and device, except that autocast may mix dtypes.
-
-    Under ``torch.autocast`` each layer casts its inputs itself, so a bfloat16
-    activation meeting float32 weights is expected there and nowhere else.
-    """
-    if autocast_enabled(x.device.type) and x.device == weight.device:
-        return
-    check_same_dtype(x, weight, who)
 
 
 def check_mask_logits(mask_logits: object, x: torch.Tensor, who: str) -> torch.Tensor:
@@ -131,7 +118,7 @@ class LCA(PixelAttention):
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error unless ``x`` is (B, dim, H, W) in the module's dtype (autocast allowed)."""
         check_feature_map(x, self.dim, "LCA")
-        check_dtype(x, self.to_qkv.weight, "LCA")
+        check_same_dtype(x, self.to_qkv.weight, "LCA")
 
     def forward(self, x: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """(B, C, H, W), (B, 1, H, W) -> (B, H*W, C)."""

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import torch
 
+from .validation import autocast_enabled
+
 # Rows (images x pixels) per block on the CPU: a (4096, 280) float32 block of scores is 4.6 MiB, about what a
 # server CPU's L2/L3 cache keeps between the three steps. On a quiet 2-core EPYC at 16x64x112x112, blocks of
 # 1024 to 4096 rows ran within a few percent of each other (141-146 ms) and no blocking at all ~2x slower
@@ -132,7 +134,7 @@ def folded_attention(
     softmax kernels accumulate in float32 for float16 and bfloat16 inputs).
     """
     device_type = x.device.type
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+    if autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
         x, a, vo = x.to(dtype), a.to(dtype), vo.to(dtype)
         bias = None if bias is None else bias.to(dtype)

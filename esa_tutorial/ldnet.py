@@ -41,11 +41,11 @@ import torch
 from torch import nn
 
 from .attention import MHSA
-from .blocks import ESABlock, LCABlock, check_dtype
+from .blocks import ESABlock, LCABlock
 from .dynamic_head import HeadUpdater, KernelGenerator, Pooling, dynamic_conv
 from .encoder import ConvBNReLU, Encoder
 from .init import init_parameters, part_generator
-from .validation import check_feature_map, check_positive_int
+from .validation import check_feature_map, check_positive_int, check_same_dtype
 
 Attention = Literal["esa", "mhsa", "none"]
 ATTENTIONS: tuple[str, ...] = get_args(Attention)
@@ -227,7 +227,7 @@ class LDNet(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error unless ``x`` is (B, 3, H, W) with H, W multiples of 32, in the model's dtype."""
         check_feature_map(x, 3, "LDNet")
-        check_dtype(x, self.top_unify.weight, "LDNet")
+        check_same_dtype(x, self.top_unify.weight, "LDNet")
         h, w = x.shape[-2:]
         if h % STRIDE or w % STRIDE:
             raise ValueError(

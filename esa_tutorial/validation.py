@@ -74,7 +74,7 @@ def check_same_dtype(x: torch.Tensor, weight: torch.Tensor, who: str) -> None:
     input coming from an earlier autocast layer (bfloat16, float16) meeting
     float32 weights is exactly what mixed precision looks like.
     """
-    if x.dtype != weight.dtype and not _autocast_enabled(x.device.type):
+    if x.dtype != weight.dtype and not autocast_enabled(x.device.type):
         raise TypeError(
             f"{who} parameters are {weight.dtype} but the input is {x.dtype}; "
             f"convert one of them, e.g. module.to({x.dtype}), or run under torch.autocast"
@@ -86,5 +86,6 @@ def check_same_dtype(x: torch.Tensor, weight: torch.Tensor, who: str) -> None:
         )
 
 
-def _autocast_enabled(device_type: str) -> bool:
+def autocast_enabled(device_type: str) -> bool:
+    """Whether ``torch.autocast`` is on for ``device_type``; False where there is none (``meta``)."""
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)

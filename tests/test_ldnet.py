@@ -282,9 +282,10 @@ def test_ldnet_runs_under_inference_mode_and_matches_no_grad() -> None:
         torch.testing.assert_close(a, b)
 
 
-def test_ldnet_with_lca_runs_under_cpu_autocast() -> None:
-    # attention="none": ESA's own autocast support is tested with ESA; here the LDNet and LCA checks.
-    model = LDNet(attention="none", use_lca=True, seed=0, **TINY).eval()
+@pytest.mark.parametrize("attention", ["none", "esa"])
+def test_ldnet_with_lca_runs_under_cpu_autocast(attention: str) -> None:
+    # Mixed precision as a GPU user trains: the whole network, ESA on its skips and LCA included.
+    model = LDNet(attention=attention, use_lca=True, seed=0, **TINY).eval()
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)
