@@ -143,6 +143,16 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
+def _built(make: Callable[..., nn.Module], configs: Sequence[dict], seed: int) -> Iterator[tuple[nn.Module, dict, tuple]]:
+    """``(module, kwargs, input shape)`` per configuration; each module's weights drawn from its own seed."""
+    for i, cfg in enumerate(configs):
+        cfg = dict(cfg)
+        shape = cfg.pop("shape")
+        with _seeded(seed + i + salt()):
+            module = make(**cfg)
+        yield module, cfg, shape
+
+
 def _keeps_rng(check: Callable[..., Passed]) -> Callable[..., Passed]:
     """Run a check without touching the student's random state (their module's init draws from it)."""
 
@@ -344,12 +354,8 @@ def check_esa(cls: Callable[..., nn.Module], seed: int = 0) -> Passed:
     """
     __tracebackhide__ = True
     gen = _gen(seed)
-    for i, cfg in enumerate(_ESA_CONFIGS):
-        cfg = dict(cfg)
-        shape = cfg.pop("shape")
+    for ref, cfg, shape in _built(functools.partial(ESA, impl="reference"), _ESA_CONFIGS, seed):
         case = f"MyESA({', '.join(f'{k}={v}' for k, v in cfg.items())}) on an input of shape {shape}"
-        with _seeded(seed + i + salt()):
-            ref = ESA(**cfg, impl="reference")
         x = _random(shape, gen)
         expected = ref(x.detach().requires_grad_(True))
         g = _random(expected.shape, gen)
@@ -566,11 +572,7 @@ def check_fold_query(fn: Callable[..., torch.Tensor], seed: int = 0) -> Passed:
     """
     __tracebackhide__ = True
     gen = _gen(seed)
-    for i, cfg in enumerate(_ESA_CONFIGS):
-        cfg = dict(cfg)
-        shape = cfg.pop("shape")
-        with _seeded(seed + i + salt()):
-            esa = ESA(**cfg)
+    for esa, cfg, shape in _built(ESA, _ESA_CONFIGS, seed):
         x = _random(shape, gen)
         w_q, w_k, _ = esa.to_qkv.weight.detach().flatten(1).chunk(3, dim=0)
         k = w_k @ esa.ppm(x)
@@ -708,11 +710,7 @@ def check_lca_zero_gradients(prediction: object, seed: int = 0) -> Passed:
         raise CheckFailed(f"the names are 'q', 'k' and 'v' (the three blocks of to_qkv.weight), got {sorted(names)}")
     gen = _gen(seed)
     measured: dict[str, float] = {}
-    for i, cfg in enumerate(_LCA_CONFIGS):
-        cfg = dict(cfg)
-        shape = cfg.pop("shape")
-        with _seeded(seed + i + salt()):
-            lca = LCA(**cfg)
+    for lca, cfg, shape in _built(LCA, _LCA_CONFIGS, seed):
         x, mask = _random(shape, gen), _random((shape[0], 1, *shape[2:]), gen)
         for name, value in _lca_gradients(lca, x, mask, _random((shape[0], shape[2] * shape[3], shape[1]), gen)).items():
             measured[name] = max(measured.get(name, 0.0), value)
@@ -736,11 +734,7 @@ def check_lca_shortcut(fn: Callable[..., torch.Tensor], seed: int = 0) -> Passed
     """
     __tracebackhide__ = True
     gen = _gen(seed)
-    for i, cfg in enumerate(_LCA_CONFIGS):
-        cfg = dict(cfg)
-        shape = cfg.pop("shape")
-        with _seeded(seed + i + salt()):
-            lca = LCA(**cfg)
+    for lca, cfg, shape in _built(LCA, _LCA_CONFIGS, seed):
         x, mask = _random(shape, gen), _random((shape[0], 1, *shape[2:]), gen)
         w_v = lca.to_qkv.weight.detach().flatten(1).chunk(3, dim=0)[2]
         linear = lca.to_out[0]
