@@ -1,9 +1,9 @@
 # Three commands a reader needs, on a fresh machine (Python 3.11+ and make):
 #   make book   create .venv from requirements.txt, build the book, print where it is
 #   make lab    JupyterLab in the same .venv, opened on the chapters
-#   make test   unit tests, every notebook through nbval, the book build, the lab
-#               test, the built site in headless Chromium (installs Debian's chromium
-#               if missing)
+#   make test   unit tests, integration tests (grader, nbgrader, Colab install), every
+#               notebook through nbval, the book build, the lab test, the built site
+#               in headless Chromium (installs Debian's chromium if missing)
 # CPU-only machines: add TORCH_INDEX=https://download.pytorch.org/whl/cpu to the first
 # command that creates .venv, so that torch comes from PyTorch's CPU index (see README).
 # Everything else here is a step of those.
@@ -16,7 +16,7 @@ TORCH_INDEX ?=
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tools/nbval_sanitize.cfg --nbval-cell-timeout=600
 
 .PHONY: venv book test test-unit test-notebooks test-book test-browser browser-deps bench clean sandbox-deps \
-        python-check lab lab-deps lab-exercises test-lab test-gpu
+        python-check lab lab-deps lab-exercises test-lab test-gpu test-integration
 
 venv: $(STAMP)
 
@@ -42,8 +42,12 @@ book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "The book: file://$(CURDIR)/_build/html/index.html"
 
-test-unit: $(STAMP) sandbox-deps
-	$(PY) -m pytest tests --ignore=tests/browser --ignore=tests/test_local_lab.py -m "not gpu"
+test-unit: $(STAMP)
+	$(PY) -m pytest tests --ignore=tests/browser -m "not gpu and not integration"
+
+# The grader in its sandbox, nbgrader, the Colab install: tests that start other processes.
+test-integration: $(STAMP) sandbox-deps
+	$(PY) -m pytest tests --ignore=tests/browser --ignore=tests/test_local_lab.py -m "integration and not gpu"
 
 # The student versions (notebooks/exercises/student) raise NotImplementedError by design; a unit test keeps them in sync.
 test-notebooks: $(STAMP)
@@ -108,7 +112,7 @@ test-lab: $(LAB_STAMP)
 test-gpu: $(STAMP)
 	$(PY) -m pytest tests -m gpu -rs
 
-test: test-unit test-notebooks test-book test-lab test-browser
+test: test-unit test-integration test-notebooks test-book test-lab test-browser
 
 bench: $(STAMP)
 	$(PY) -m esa_tutorial.bench

@@ -28,3 +28,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# Tests that start other processes (a sandboxed kernel per notebook, a fresh virtual
+# environment, nbgrader in its own venv, a Jupyter server): `make test-integration`.
+INTEGRATION = {"test_course_grading.py", "test_nbgrader.py", "test_colab_install.py", "test_local_lab.py"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.path.name in INTEGRATION:
+            item.add_marker(pytest.mark.integration)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -79,3 +80,27 @@ def test_cli_trains_a_tiny_suite(tmp_path, capsys) -> None:
     assert (tmp_path / "context-esa-seed0.pt").is_file()
     assert main(["manifest", "--out", str(tmp_path)]) == 0
     assert main(["context", "--variants", "nope", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--steps", "0"], "--steps must be at least 1, got 0"),
+        (["--seeds", "-1"], r"--seeds must lie in \[0, 2\*\*32\), got \[-1\]"),
+    ],
+)
+def test_cli_checks_its_options_before_any_work(tmp_path, capsys, args, message) -> None:
+    out = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["context", *args, "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()  # refused before anything was written
+
+
+def test_cli_refuses_a_file_as_output_folder(tmp_path, capsys) -> None:
+    out = tmp_path / "file"
+    out.write_text("x")
+    with pytest.raises(SystemExit):
+        main(["context", "--out", str(out)])
+    assert "--out must be a folder" in capsys.readouterr().err
