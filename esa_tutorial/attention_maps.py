@@ -2,7 +2,7 @@
 
 ESA gives every pixel 35 weights per head, one per pooled cell (1x1, 3x3,
 5x5). This module reads them through the layer's reference path
-(:meth:`~esa_tutorial.attention.PixelAttention.attention`), splits them into
+(:meth:`~esa_tutorial.PixelAttention.attention`), splits them into
 the pyramid's grids, summarises them (entropy, share per level) and draws them:
 :func:`show_heatmaps` (a grid of heatmaps, like d2l's) and
 :func:`show_pyramid` (one row per head: the image with the pixel and where its

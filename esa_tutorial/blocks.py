@@ -90,7 +90,7 @@ def mask_average_pool(x: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tenso
         x: (B, C, H, W) features.
         mask_logits: (B, 1, H, W) floating-point logits of the previous
             prediction, in ``x``'s dtype (bool/integer masks are refused, see
-            :func:`check_mask_logits`).
+            ``check_mask_logits``).
 
     Returns:
         The pooled token, shape (B, C, 1), ``sum(x * m) / (sum(m) + 5e-4)`` per

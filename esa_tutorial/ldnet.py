@@ -149,7 +149,7 @@ class LDNet(nn.Module):
         kernel_size: size of the dynamic kernel (LDNet: 1).
         head_pooling: how the head updaters pool the lesion feature,
             ``"sum"`` (LDNet's code) or ``"mean"``
-            (:func:`~esa_tutorial.dynamic_head.lesion_feature`).
+            (``esa_tutorial.dynamic_head.lesion_feature``).
         seed: initial weights. Every part (encoder, each decoder, each head
             updater, each attention block...) is drawn from its own generator,
             fixed by ``seed`` and the part's name, so equal seeds give equal
