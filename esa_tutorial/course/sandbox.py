@@ -54,6 +54,11 @@ def _prlimit(limits: Limits) -> list[str]:
 def bwrap_args(box: Path, hide: list[Path]) -> list[str]:
     """bubblewrap's options: read-only root, private ``box`` at :data:`BOX`, ``hide`` covered, nothing shared."""
     args = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    # The private /tmp would also hide a Python, a virtual environment or this package that
+    # lives under /tmp (a clone there, as CI may make): bind those back, read-only.
+    for path in _python_paths():
+        if Path("/tmp") in path.parents:
+            args += ["--ro-bind", str(path), str(path)]
     for path in hide:
         if path.is_dir():
             args += ["--tmpfs", str(path)]
@@ -62,6 +67,13 @@ def bwrap_args(box: Path, hide: list[Path]) -> list[str]:
     args += ["--bind", str(box), BOX, "--chdir", BOX]
     args += ["--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]
     return args
+
+
+def _python_paths() -> list[Path]:
+    """What the graded Python needs to start and import this package: its prefixes and the package."""
+    package = Path(__file__).resolve().parents[1]
+    found = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent, package}
+    return sorted(p.resolve() for p in found)
 
 
 def environment(home: str) -> dict[str, str]:
