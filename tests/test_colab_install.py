@@ -188,3 +188,45 @@ def test_a_failed_install_stops_at_the_install_cell_with_pips_error(colab, tmp_p
     # The error is the install cell's: nothing after it ran.
     assert [c.execution_count for c in nb.cells if c.cell_type == "code"][1:] == [None] * (
         sum(c.cell_type == "code" for c in nb.cells) - 1)
+
+
+WHEEL_CHECK = """
+import importlib.metadata as md, re, sys
+from pathlib import Path
+import esa_tutorial
+from esa_tutorial.experiments import PRETRAINED, verified_path
+from esa_tutorial.bench import results
+
+missing = []
+for req in md.requires("esa-tutorial") or []:
+    if "extra ==" in req:
+        continue
+    name = re.match(r"[A-Za-z0-9_.-]+", req).group(0)
+    try:
+        md.version(name)
+    except md.PackageNotFoundError:
+        missing.append(name)
+assert not missing, f"declared but not installed: {missing}"
+manifest = (PRETRAINED / "manifest.json").read_text()
+import json
+for name in json.loads(manifest):
+    verified_path(name, PRETRAINED)  # shipped and intact (SHA-256)
+assert results.available(), "no shipped benchmark results"
+print(Path(esa_tutorial.__file__).parent)
+"""
+
+
+def test_the_installed_package_has_its_dependencies_data_and_command_lines(colab):
+    """A plain (non-editable) install: declared dependencies, package data, every command line."""
+    work, env, clone = colab
+    python = str(env / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "-q", str(clone)], check=True, cwd=work,
+                   capture_output=True, text=True, timeout=STEP_SECONDS)
+    done = subprocess.run([python, "-c", WHEEL_CHECK], cwd=work, capture_output=True, text=True,
+                          timeout=STEP_SECONDS)
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).resolve().is_relative_to(env.resolve()), done.stdout
+    for command in ("bench", "train", "experiments", "course"):
+        ran = subprocess.run([python, "-m", f"esa_tutorial.{command}", "--help"], cwd=work,
+                             capture_output=True, text=True, timeout=STEP_SECONDS)
+        assert ran.returncode == 0 and "usage:" in ran.stdout, (command, ran.stderr)
