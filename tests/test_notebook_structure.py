@@ -242,3 +242,13 @@ def test_bibliography_page_lists_every_cited_work():
     # No filter: sphinxcontrib-bibtex then lists every work cited anywhere in the book.
     assert ":filter:" not in directive.group(1)
     assert "book/bibliography" in (ROOT / "_toc.yml").read_text()
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=_rel)
+def test_code_lines_fit_the_books_column(path):
+    """The book's column shows about 88 characters; longer code lines scroll sideways."""
+    too_long = [
+        (index, line) for index, cell in enumerate(_read(path).cells) if cell.cell_type == "code"
+        for line in cell.source.splitlines() if len(line) > 88
+    ]
+    assert not too_long, f"{_rel(path)}: code lines over 88 characters (cell, line): {too_long}"
