@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 
-from .ppm import adaptive_bins
+from . import attention_maps
+from .ppm import adaptive_bins, num_tokens
 
 
 
@@ -154,15 +155,11 @@ def token_grids(row: torch.Tensor | np.ndarray, sizes: Sequence[int] = (1, 3, 5)
 
     (sum s^2,) -> [(s, s) for s in sizes].
     """
-    r = _np(row)
-    if r.shape != (sum(s * s for s in sizes),):
-        raise ValueError(f"token_grids expects a row of {sum(s * s for s in sizes)} weights "
-                         f"for sizes {tuple(sizes)}, got shape {r.shape}")
-    grids, start = [], 0
-    for s in sizes:
-        grids.append(r[start:start + s * s].reshape(s, s))
-        start += s * s
-    return grids
+    r = torch.as_tensor(_np(row))
+    if r.shape != (num_tokens(sizes),):
+        raise ValueError(f"token_grids expects a row of {num_tokens(sizes)} weights "
+                         f"for sizes {tuple(sizes)}, got shape {tuple(r.shape)}")
+    return [grid.numpy() for grid in attention_maps.token_grids(r, sizes)]
 
 
 def show_token_attention(image: np.ndarray, mask: np.ndarray | None,

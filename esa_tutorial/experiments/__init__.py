@@ -30,7 +30,6 @@ download step that could fail or drift from the code. :func:`load_history` and
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -47,7 +46,7 @@ from ..context_task import ContextDiscs, ContextNet
 from ..data import SyntheticPolyps
 from ..ldnet import LDNet
 from ..metrics import segmentation_scores
-from ..train import bce_dice_loss, deep_supervision_loss, poly_lr
+from ..train import bce_dice_loss, deep_supervision_loss, poly_lr, saved_activation_bytes
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained"
 MANIFEST = "manifest.json"
@@ -127,21 +126,6 @@ def datasets(spec: RunSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, t
     return tuple(out)  # type: ignore[return-value]
 
 
-def saved_bytes(model: nn.Module, images: torch.Tensor) -> int:
-    """Bytes autograd keeps for backward after one training forward (each storage counted once)."""
-    probe = copy.deepcopy(model).train()
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        probe(images)
-    return sum(storages.values())
-
-
 def _loss(spec: RunSpec, outputs: Any, masks: torch.Tensor) -> torch.Tensor:
     return bce_dice_loss(outputs, masks) if spec.task == "context" else deep_supervision_loss(outputs, masks)
 
@@ -195,7 +179,7 @@ def train_run(
     cost = {
         "params": float(sum(p.numel() for p in model.parameters())),
         # clone: a slice of x is a view of the whole data set, whose storage would be counted.
-        "saved_mb": saved_bytes(model, x[: spec.batch_size].clone()) / 2**20,
+        "saved_mb": saved_activation_bytes(model, x[: spec.batch_size].clone()) / 2**20,
     }
     model.train()
     for step in range(steps):
