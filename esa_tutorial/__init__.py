@@ -11,7 +11,7 @@ from .blocks import LCA, ESABlock, LCABlock, mask_average_pool
 from .cost import attention_matrix_bytes, count_flops, flops_by_operator
 from .esa import ESA
 from .ldnet import LDNet
-from .ppm import PPM, adaptive_bins, num_tokens
+from .ppm import PPM, adaptive_bins, num_tokens, pooling_matrix, pyramid_pool
 from .runtime import check_shape, default_device, seed_everything
 
 from . import data, metrics  # submodules: esa_tutorial.data, esa_tutorial.metrics
@@ -37,6 +37,8 @@ __all__ = [
     "MHSA",
     "num_tokens",
     "PixelAttention",
+    "pooling_matrix",
     "PPM",
+    "pyramid_pool",
     "seed_everything",
 ]

@@ -21,10 +21,12 @@ Three forward passes compute the same function with the same parameters:
     the work over the N pixels is two matrix products and a softmax over 35
     columns. Chapter 7 derives it step by step.
 
-    Folding costs a fixed ``2 * 35 * inner_dim * C * 4`` FLOPs per image, so on
-    maps of a few dozen pixels (and with heads much narrower than LDNet's 64
+    Folding costs a fixed ``2 * 35 * inner_dim * C * 4`` FLOPs per image (and
+    the input is pooled with two small products,
+    :func:`~esa_tutorial.ppm.pyramid_pool`), so on maps of a few dozen pixels (and with heads much narrower than LDNet's 64
     channels) the literal form does less work. ``folded``
-    therefore runs the literal form wherever that counts fewer FLOPs
+    therefore runs the literal form wherever that counts fewer FLOPs, or not
+    enough more to pay for the folded form's smaller products
     (:func:`literal_is_cheaper`); both are exact, so only the time differs.
     :meth:`ESA.forward_folded` always folds.
 """
@@ -38,29 +40,43 @@ from einops import rearrange
 
 from .attention import PixelAttention
 from .folded import folded_attention
-from .ppm import PPM
+from .ppm import PPM, num_tokens, pyramid_pool
 from .validation import check_choice
 
 EsaImpl = Literal["folded", "reference", "sdpa"]
 IMPLS: tuple[str, ...] = get_args(EsaImpl)
 
 
-def literal_is_cheaper(pixels: int, dim: int, heads: int, dim_head: int, n_kv: int,
-                       project_out: bool = True) -> bool:
-    """True where ESA's literal form counts fewer FLOPs than the folded form.
+# The folded form's products are small (per image, 35 columns wide) and run at a lower rate than the literal
+# form's large ones, so folding must save FLOPs by a margin to save time. On the book's 2-core EPYC (2026-11-26,
+# float32, batches 1 to 16) folded ran 1.02x to 1.23x slower than literal where it saved 5% to 7% of the FLOPs
+# (7x7 maps at C = 256 and 512) and faster from 29% saved on (8x8 at C = 256).
+FOLDING_MARGIN = 1.15
 
-    With LDNet's sizes (8 heads of 64, 35 tokens) that is maps of fewer than
-    about 45 pixels at C = 256 (fewer than 35 at C = 64).
+
+def literal_is_cheaper(height: int, width: int, dim: int, heads: int, dim_head: int,
+                       pooling_sizes: Sequence[int] = (1, 3, 5), project_out: bool = True,
+                       margin: float = FOLDING_MARGIN) -> bool:
+    """True where ESA's literal form is the cheaper one on an H x W map: where its FLOPs are
+    below ``margin`` times the folded form's (:data:`FOLDING_MARGIN`; ``margin=1`` compares FLOPs alone).
+
+    With LDNet's sizes (8 heads of 64, pyramid (1, 3, 5)) that is square maps
+    up to 7x7 at C = 256 and up to 6x6 at C = 64.
 
     Literal, per pixel: the q, k, v projection ``6IC``, scores and weighted sum
     ``4 n_kv I`` and the output projection ``2IC`` (I = heads * dim_head).
-    Folded: ``4 n_kv heads C`` per pixel plus, per image, the keys, values,
-    ``A`` and ``V'`` from the pooled tokens, ``2 n_kv I C (3 + 1)``.
+    Folded: ``4 n_kv heads C`` per pixel, the pyramid pooling's two products
+    (:func:`~esa_tutorial.ppm.pyramid_pool`, ``2C(S HW + S^2 W)`` with
+    ``S = sum(pooling_sizes)``) and, per image, the keys, values, ``A`` and
+    ``V'`` from the pooled tokens, ``2 n_kv I C (3 + 1)``. These are the counts
+    :func:`~esa_tutorial.cost.count_flops` reports for each form.
     """
-    inner, out = heads * dim_head, int(project_out)
+    inner, out, pixels = heads * dim_head, int(project_out), height * width
+    n_kv, s = num_tokens(pooling_sizes), sum(pooling_sizes)
     literal = pixels * (6 * inner * dim + 4 * n_kv * inner + 2 * inner * dim * out)
-    folded = pixels * 4 * n_kv * heads * dim + 2 * n_kv * inner * dim * (3 + out)
-    return literal < folded
+    pooling = 2 * dim * (s * pixels + s * s * width)
+    folded = pixels * 4 * n_kv * heads * dim + pooling + 2 * n_kv * inner * dim * (3 + out)
+    return literal < margin * folded
 
 
 class ESA(PixelAttention):
@@ -114,8 +130,8 @@ class ESA(PixelAttention):
 
     def literal_is_cheaper(self, x: torch.Tensor) -> bool:
         """Whether the literal form counts fewer FLOPs for (B, C, H, W) ``x`` (see :func:`literal_is_cheaper`)."""
-        return literal_is_cheaper(x.shape[-2] * x.shape[-1], self.dim, self.heads, self.dim_head,
-                                  self.ppm.num_tokens, self.project_out)
+        return literal_is_cheaper(x.shape[-2], x.shape[-1], self.dim, self.heads, self.dim_head,
+                                  self.ppm.pooling_sizes, self.project_out)
 
     def folded_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image matrices of the folded form.
@@ -125,16 +141,17 @@ class ESA(PixelAttention):
         (B, heads*n_kv, C), the values already multiplied by the output
         projection.
         """
-        w_q, w_k, w_v = self.to_qkv.weight.flatten(1).chunk(3, dim=0)  # each (inner_dim, C)
-        pooled = self.ppm(x).flatten(2)  # (B, C, n_kv)
-        k = rearrange(w_k @ pooled, "b (h d) n -> b h d n", h=self.heads)
-        v = rearrange(w_v @ pooled, "b (h d) n -> b h n d", h=self.heads)
-        w_q = rearrange(w_q * self.scale, "(h d) c -> h c d", h=self.heads)
-        a = rearrange(torch.einsum("hcd,bhdn->bhcn", w_q, k), "b h c n -> b c (h n)")
+        b, h = x.shape[0], self.heads
+        w_q, w_kv = self.to_qkv.weight.flatten(1).split([self.inner_dim, 2 * self.inner_dim])
+        pooled = rearrange(pyramid_pool(x, self.ppm.pooling_sizes), "b c n -> c (b n)")  # every image
+        # One product per weight over every image's tokens, instead of B small ones: same FLOPs, better GEMMs.
+        k, v = rearrange(w_kv @ pooled, "(two h d) bn -> two h d bn", two=2, h=h)
+        w_q = rearrange(w_q * self.scale, "(h d) c -> h c d", h=h)
+        a = rearrange(torch.bmm(w_q, k), "h c (b n) -> b c (h n)", b=b)
+        v = v.transpose(1, 2)  # (h, B*n_kv, d)
         if self.project_out:
-            w_o = rearrange(self.to_out[0].weight, "c (h d) -> h d c", h=self.heads)
-            v = torch.einsum("bhnd,hdc->bhnc", v, w_o)
-        return a, rearrange(v, "b h n c -> b (h n) c")
+            v = torch.bmm(v, rearrange(self.to_out[0].weight, "c (h d) -> h d c", h=h))
+        return a, rearrange(v, "h (b n) c -> b (h n) c", b=b)
 
     def forward_folded(self, x: torch.Tensor) -> torch.Tensor:
         """The folded form: two matrix products over the pixels. (B, C, H, W) -> (B, H*W, C).

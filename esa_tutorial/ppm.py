@@ -8,6 +8,7 @@ H, W >= 1 works, even a map smaller than the grid.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Sequence
 
@@ -30,6 +31,42 @@ def adaptive_bins(length: int, bins: int) -> list[tuple[int, int]]:
 def num_tokens(pooling_sizes: Sequence[int]) -> int:
     """Number of pooled tokens, ``sum(s * s)``: 35 for (1, 3, 5)."""
     return sum(s * s for s in pooling_sizes)
+
+
+def pooling_matrix(length: int, pooling_sizes: Sequence[int], device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Adaptive average pooling along one axis as a matrix, every grid side by side.
+
+    Returns (length, sum(pooling_sizes)): column ``j`` averages the half-open
+    bin ``j`` of :func:`adaptive_bins`, grid after grid. ``v @ pooling_matrix(L, (s,))``
+    equals ``adaptive_avg_pool1d(v, s)`` up to rounding.
+    """
+    bins = [b for s in pooling_sizes for b in adaptive_bins(length, s)]
+    start, stop = torch.tensor(bins, device=device).unbind(1)
+    index = torch.arange(length, device=device)[:, None]
+    dtype = dtype or torch.get_default_dtype()
+    inside = ((index >= start) & (index < stop)).to(dtype)
+    return inside / (stop - start).to(dtype)
+
+
+def pyramid_pool(x: torch.Tensor, pooling_sizes: Sequence[int] = (1, 3, 5)) -> torch.Tensor:
+    """The same tokens as :class:`PPM`, as two matrix products: (B, C, H, W) -> (B, C, sum(s^2)).
+
+    Average pooling is linear and separable, so every grid of the pyramid is
+    ``P_H^T X P_W`` with the matrices of :func:`pooling_matrix`. Pooling the
+    rows of all grids at once reads the map once, where three
+    ``adaptive_avg_pool2d`` calls read it three times; on LDNet's large maps that
+    is the faster way on the CPU. :class:`PPM` keeps ``adaptive_avg_pool2d``, the
+    literal form's operation.
+    The products also give the cross terms (a 3-row by 5-column grid); only the
+    square grids on the diagonal are kept.
+    """
+    h, w = x.shape[-2:]
+    rows = pooling_matrix(h, pooling_sizes, x.device, x.dtype).t()  # (sum s, H)
+    cols = pooling_matrix(w, pooling_sizes, x.device, x.dtype)  # (W, sum s)
+    grids = torch.matmul(torch.matmul(rows, x), cols)  # (B, C, sum s, sum s)
+    ends = list(itertools.accumulate(pooling_sizes))
+    return torch.cat([grids[..., e - s:e, e - s:e].flatten(-2) for s, e in zip(pooling_sizes, ends)], dim=-1)
 
 
 class PPM(nn.Module):

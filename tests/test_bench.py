@@ -28,17 +28,20 @@ def formula_flops(variant: str, shape) -> dict[str, int]:
     if variant == "esa_folded":
         pixels = 2 * b * n * c * m  # one (N, C) @ (C, heads*35) product per image
         weights = 2 * b * inner * c * 35  # one small product making a, vo (4 of them)
+        pooling = 2 * b * c * (9 * n + 9 * 9 * w)  # rows of all 1+3+5 bins, then their columns
         # backward: recompute the scores, then d(vo), d(probs), d(a), d(x): 5 pixel products;
         # each small product has two operands needing gradients: 8. (The hand-written backward
-        # recomputes rather than stores the probabilities, hence 5 and not 4.)
-        return {"forward": 2 * pixels + 4 * weights, "forward_backward": 7 * pixels + 12 * weights}
+        # recomputes rather than stores the probabilities, hence 5 and not 4.) The pooling
+        # matrices are constants: one gradient product per pooling product.
+        return {"forward": 2 * pixels + 4 * weights + pooling,
+                "forward_backward": 7 * pixels + 12 * weights + 2 * pooling}
     n_kv = n if variant == "mhsa" else 35
     forward = 2 * b * n * c * 3 * inner + 2 * 2 * b * n * inner * n_kv + 2 * b * n * inner * c
     return {"forward": forward, "forward_backward": 3 * forward}  # every product: 2 more in backward
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("shape", [SHAPE, (1, 16, 3, 7)])
+@pytest.mark.parametrize("shape", [SHAPE, (1, 16, 6, 7)])
 def test_flop_counts_match_formula(variant, shape):
     assert count_flops(variant, shape) == formula_flops(variant, shape)
 
@@ -95,6 +98,11 @@ def test_run_benchmark_records_are_well_formed(tmp_path):
     ref, fold = records[1], records[2]
     assert row["speedup_forward"] == ref.seconds["forward"] / fold.seconds["forward"]
     assert row["share_of_matmul"] == pixel_product_flops(SHAPE) / fold.seconds["forward"] / 1e9 / 10.0
+    # The ceiling: the pixel products' part of the folded forward's FLOPs, by the hand formula.
+    b, c, h, w = SHAPE
+    pixels, folding = 2 * b * h * w * c * 280 * 2, 4 * 2 * b * 512 * c * 35
+    pooling = 2 * b * c * (9 * h * w + 81 * w)
+    assert row["share_ceiling"] == pytest.approx(pixels / (pixels + folding + pooling), rel=1e-12)
     assert format_speedup_table([row]).count("\n") == 2
     paths = plot(records, tmp_path)
     assert [p.name for p in paths] == ["time.png"]
@@ -174,3 +182,14 @@ def test_shipped_results_load_and_describe():
     assert "batch 16 at 224x224" in results.describe_ldnet_step(run)
     with pytest.raises(FileNotFoundError, match="no shipped benchmark result 'tpu'"):
         results.load("tpu")
+
+
+def test_softmax_costs_time_every_operation_on_a_small_block():
+    from esa_tutorial.bench.softmax import SOFTMAX_COSTS, format_softmax_costs, softmax_costs
+
+    costs = softmax_costs(batch=2, pixels=8, min_run_time=0.01)
+    assert list(costs) == [name for name, _ in SOFTMAX_COSTS]
+    assert all(ns >= 0 and ns == ns for ns in costs.values())  # measured, finite, not NaN
+    assert costs["copy"] > 0
+    lines = format_softmax_costs(costs).splitlines()
+    assert len(lines) == len(SOFTMAX_COSTS) and all("ns per score" in line for line in lines)

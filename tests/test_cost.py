@@ -43,10 +43,12 @@ def test_identity_output_projection_adds_no_flops():
     assert flops_by_operator(module, torch.randn(1, 8, 4, 4)) == hand_flops(1, 8, 1, 8, 16, 16, False)
 
 
-def folded_hand_flops(batch, c, heads, dim_head, n, n_kv=35):
-    """Folded ESA: two pixel products (C -> heads*n_kv -> C) and, per image, K, V, A and V'."""
-    inner = heads * dim_head
-    return batch * (2 * 2 * n * c * heads * n_kv + 4 * 2 * inner * c * n_kv)
+def folded_hand_flops(batch, c, heads, dim_head, h, w, n_kv=35, s=9):
+    """Folded ESA: pyramid pooling as two products (rows, then columns, of all S = 1+3+5 bins),
+    two pixel products (C -> heads*n_kv -> C) and, per image, K, V, A and V'."""
+    inner, n = heads * dim_head, h * w
+    pooling = 2 * c * (s * h * w + s * s * w)
+    return batch * (pooling + 2 * 2 * n * c * heads * n_kv + 4 * 2 * inner * c * n_kv)
 
 
 @pytest.mark.parametrize("hw", [(10, 10), (64, 64)])
@@ -57,9 +59,10 @@ def test_folded_esa_counts_match_hand_count_on_cpu_and_meta(hw):
     cpu = count_flops(ESA(16, heads=2, dim_head=16), torch.randn(2, 16, *hw))
     with torch.device("meta"):
         meta = count_flops(ESA(16, heads=2, dim_head=16), torch.empty(2, 16, *hw))
-    assert meta == cpu == folded_hand_flops(2, 16, 2, 16, hw[0] * hw[1])
+    assert meta == cpu == folded_hand_flops(2, 16, 2, 16, *hw)
     if hw == (64, 64):
-        assert cpu == 2 * (4096 * 4 * 16 * 70 + 8 * 32 * 16 * 35) == 36_986_880
+        pooling = 2 * 16 * (9 * 4096 + 81 * 64)
+        assert cpu == 2 * (pooling + 4096 * 4 * 16 * 70 + 8 * 32 * 16 * 35) == 39_677_952
 
 
 def test_folded_esa_falls_back_to_the_cheaper_literal_form():

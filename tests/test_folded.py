@@ -4,8 +4,11 @@ import pytest
 import torch
 
 from esa_tutorial import ESA
-from esa_tutorial.esa import literal_is_cheaper
-from esa_tutorial.folded import CPU_BLOCK_ROWS, block_pixels, folded_attention, softmax_per_head
+from esa_tutorial.esa import FOLDING_MARGIN, literal_is_cheaper
+from esa_tutorial.folded import (
+    CPU_BLOCK_ROWS, LOG2E, block_probabilities, block_shape, blocks, folded_attention, softmax2_per_head_, softmax_per_head,
+    uses_exp2,
+)
 
 # (batch, dim, height, width, heads, dim_head)
 SHAPES = [
@@ -64,12 +67,23 @@ def test_folded_attention_equals_unblocked_formula_for_any_block_size():
     torch.testing.assert_close(folded_attention(x, a, vo, None, heads, rows=4), want - bias)
 
 
-def test_block_pixels():
+def test_block_shape_and_blocks():
     cpu = torch.device("cpu")
-    assert block_pixels(4, 10_000, cpu) == CPU_BLOCK_ROWS // 4
-    assert block_pixels(1, 100, cpu) == 100  # never more than the image
-    assert block_pixels(8, 100, cpu, rows=3) == 1  # never less than one pixel
-    assert block_pixels(16, 12544, torch.device("meta")) == 12544  # one block off the CPU
+    # A map larger than a block: one image's pixels per block, evened out.
+    assert block_shape(4, 10_000, cpu, rows=1536) == (1, 1429)  # 7 blocks per image, the fewest of <= 1536
+    assert block_shape(16, 784, cpu, rows=128) == (1, 112)  # 7 even blocks, not 6 of 128 and one of 16
+    # A map that fits: whole images, as many as fit, evened out over the batch.
+    assert block_shape(16, 196, cpu, rows=1536) == (6, 196)  # 7 fit; blocks of 6, 6, 4 rather than 7, 7, 2
+    assert block_shape(16, 784, cpu, rows=1536) == (1, 784)
+    assert block_shape(2, 10, cpu, rows=8) == (1, 5)  # never more rows than asked, never less than a pixel
+    assert block_shape(8, 100, cpu, rows=3) == (1, 3)
+    assert block_shape(16, 12544, torch.device("meta")) == (16, 12544)  # one block off the CPU
+    assert block_shape(4, 10_000, cpu)[1] <= CPU_BLOCK_ROWS
+    # Every (image, pixel) pair is in exactly one block.
+    covered = torch.zeros(5, 13, dtype=torch.int64)
+    for imgs, px in blocks(5, 13, cpu, rows=4):
+        covered[imgs, px] += 1
+    assert bool((covered == 1).all())
 
 
 @pytest.mark.parametrize("rows", [1, 4, None], ids=["rows1", "rows4", "whole"])
@@ -150,17 +164,65 @@ def test_channels_last_and_frozen_input():
 
 
 def test_softmax_per_head_normalises_each_head_separately():
-    s = torch.randn(3, 5, 4 * 7)
+    s = torch.randn(3, 4 * 7, 5)  # the package's layout: (B, heads*k, pixels)
     p = softmax_per_head(s, 4)
-    torch.testing.assert_close(p.unflatten(-1, (4, 7)).sum(-1), torch.ones(3, 5, 4))
-    torch.testing.assert_close(p[..., 7:14], torch.softmax(s[..., 7:14], -1))
+    torch.testing.assert_close(p.unflatten(1, (4, 7)).sum(2), torch.ones(3, 4, 5))
+    torch.testing.assert_close(p[:, 7:14], torch.softmax(s[:, 7:14], 1))
+    last = softmax_per_head(s.transpose(1, 2), 4, dim=-1)  # any axis, pixels-first too
+    torch.testing.assert_close(last, p.transpose(1, 2))
 
 
 def test_literal_is_cheaper_by_hand_count():
-    # LDNet's sizes, C = 256: literal 8*512*256 + 140*512 = 1,120,256 FLOPs per pixel; folded 140*8*256
-    # = 286,720 per pixel plus 8*512*256*35 = 36,700,160 per image: the folded form wins from 45 pixels on.
-    assert literal_is_cheaper(44, 256, 8, 64, 35)
-    assert not literal_is_cheaper(45, 256, 8, 64, 35)
-    assert not literal_is_cheaper(121, 256, 8, 64, 35)  # the post's 11x11 demo folds
+    # LDNet's sizes, C = 256, square maps of side w (N = w*w pixels):
+    #   literal: (6*512*256 + 4*35*512 + 2*512*256) N = 1,120,256 N
+    #   folded:  4*35*8*256 N + 2*256*(9 N + 81 w) + 8*35*512*256 = 291,328 N + 41,472 w + 36,700,160
+    # 6x6: 40,329,216 < 47,436,800; 7x7: 54,892,544 > 51,265,536 FLOPs, but < 1.15 x 51,265,536 = 58,955,366;
+    # 8x8: 71,696,384 > 1.15 x (18,644,992 + 331,776 + 36,700,160) = 64,028,467.
+    assert literal_is_cheaper(6, 6, 256, 8, 64, margin=1.0)
+    assert not literal_is_cheaper(7, 7, 256, 8, 64, margin=1.0)
+    assert literal_is_cheaper(7, 7, 256, 8, 64, margin=1.15)
+    assert not literal_is_cheaper(8, 8, 256, 8, 64, margin=1.15)
+    assert not literal_is_cheaper(11, 11, 256, 8, 64)  # the post's 11x11 demo folds
+    # C = 64: literal 333,824 N; folded 72,832 N + 10,368 w + 9,175,040.
+    # 5x5 literal; 6x6: 12,017,664 > 11,859,200 but < 1.15 x that (13,638,080); 7x7: 16,357,376 > 14,738,842.
+    assert literal_is_cheaper(5, 5, 64, 8, 64, margin=1.0)
+    assert not literal_is_cheaper(6, 6, 64, 8, 64, margin=1.0)
+    assert literal_is_cheaper(6, 6, 64, 8, 64, margin=1.15)
+    assert not literal_is_cheaper(7, 7, 64, 8, 64, margin=1.15)
+    assert FOLDING_MARGIN == 1.15  # the default the counts above use
     esa = ESA(256)
-    assert esa.literal_is_cheaper(torch.empty(1, 256, 5, 5, device="meta"))
+    assert esa.literal_is_cheaper(torch.empty(1, 256, 7, 7, device="meta"))
+    assert not esa.literal_is_cheaper(torch.empty(1, 256, 8, 8, device="meta"))
+
+
+def test_vmap_over_one_input_only_with_several_blocks():
+    # The blocked forward writes blocks into one output; under vmap that output must be batched
+    # whichever input carries the vmapped dimension, not only x.
+    b, c, n, heads, k = 2, 3, 9, 2, 4
+    x, vo, bias = torch.randn(b, c, n), torch.randn(b, heads * k, c), torch.randn(c)
+    keys = torch.randn(5, b, c, heads * k)
+    got = torch.func.vmap(lambda a: folded_attention(x, a, vo, bias, heads, rows=4))(keys)
+    want = torch.stack([unblocked(x, a, vo, bias, heads) for a in keys])
+    torch.testing.assert_close(got, want)
+    biases = torch.randn(3, c)
+    got = torch.func.vmap(lambda bb: folded_attention(x, keys[0], vo, bb, heads, rows=4))(biases)
+    torch.testing.assert_close(got, torch.stack([unblocked(x, keys[0], vo, bb, heads) for bb in biases]))
+
+
+def test_base2_softmax_equals_the_natural_one():
+    s = torch.randn(3, 4 * 7, 5, dtype=torch.float64) * 20  # large scores: the max shift matters
+    want = softmax_per_head(s, 4)
+    got = softmax2_per_head_(s * LOG2E, 4)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+    xs, a = torch.randn(2, 6, 9, dtype=torch.float64), torch.randn(2, 6, 4 * 7, dtype=torch.float64)
+    natural = block_probabilities(xs, a, 4, exp2=False)
+    with torch.no_grad():  # in place
+        torch.testing.assert_close(block_probabilities(xs, a * LOG2E, 4, exp2=True), natural)
+    with torch.enable_grad():  # out of place, as in a backward recorded for second derivatives
+        torch.testing.assert_close(block_probabilities(xs, a * LOG2E, 4, exp2=True), natural)
+
+
+def test_which_blocks_use_exp2():
+    assert uses_exp2(torch.empty(1)) and uses_exp2(torch.empty(1, dtype=torch.float64))
+    assert not uses_exp2(torch.empty(1, dtype=torch.bfloat16))  # torch.softmax accumulates in float32
+    assert not uses_exp2(torch.empty(1, device="meta"))

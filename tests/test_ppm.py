@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from esa_tutorial import PPM, adaptive_bins, num_tokens
+from esa_tutorial import PPM, adaptive_bins, num_tokens, pooling_matrix, pyramid_pool
 from oracle import naive_pyramid_pool
 
 
@@ -13,6 +13,26 @@ def test_ppm_matches_explicit_bin_averages(hw):
     out = PPM()(x)
     assert out.shape == (2, 3, 35)
     torch.testing.assert_close(out, naive_pyramid_pool(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("hw", [(11, 11), (7, 13), (2, 2), (1, 1), (1, 9), (40, 3), (112, 112)])
+@pytest.mark.parametrize("sizes", [(1, 3, 5), (2, 6), (4,)])
+def test_pyramid_pool_matches_explicit_bin_averages(hw, sizes):
+    x = torch.randn(2, 3, *hw, dtype=torch.float64)
+    torch.testing.assert_close(pyramid_pool(x, sizes), naive_pyramid_pool(x, sizes), rtol=1e-12, atol=1e-12)
+
+
+def test_pooling_matrix_by_hand():
+    # Length 7, grids 1 and 3: the global mean, then bins [0, 3), [2, 5), [4, 7) (they overlap).
+    want = torch.zeros(7, 4, dtype=torch.float64)
+    want[:, 0] = 1 / 7
+    want[0:3, 1], want[2:5, 2], want[4:7, 3] = 1 / 3, 1 / 3, 1 / 3
+    torch.testing.assert_close(pooling_matrix(7, (1, 3), dtype=torch.float64), want, rtol=0, atol=0)
+
+
+def test_pyramid_pool_gradient():
+    x = torch.randn(1, 2, 7, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(pyramid_pool, (x,), fast_mode=True)
 
 
 def test_first_token_is_the_global_mean_and_grid_is_row_major():
