@@ -24,13 +24,14 @@ SOFTMAX_COSTS = (
 )
 
 
-def softmax_costs(batch: int = 16, pixels: int = 96, heads: int = 8, keys: int = 35,
+def softmax_costs(batch: int = 1, pixels: int = folded.CPU_BLOCK_ROWS, heads: int = 8, keys: int = 35,
                   device: torch.device | str = "cpu", min_run_time: float = 0.2) -> dict[str, float]:
     """Nanoseconds per score of each operation in :data:`SOFTMAX_COSTS` on one block of scores.
 
-    The block is (batch, heads*keys, pixels) float32, the folded form's block on
-    the CPU (:data:`~esa_tutorial.folded.CPU_BLOCK_ROWS` rows at batch 16) by
-    default: small enough to stay in the cache, so what is timed is arithmetic.
+    The block is (batch, heads*keys, pixels) float32; by default the size of the
+    folded form's blocks on a large map on the CPU (one image,
+    :data:`~esa_tutorial.folded.CPU_BLOCK_ROWS` pixels): small enough to stay in
+    the cache, so what is timed is arithmetic.
     """
     gen = torch.Generator().manual_seed(0)
     scores = (3 * torch.randn(batch, heads * keys, pixels, generator=gen)).to(device)
