@@ -23,11 +23,12 @@ Three forward passes compute the same function with the same parameters:
 
     Folding costs a fixed ``2 * 35 * inner_dim * C * 4`` FLOPs per image (and
     the input is pooled with two small products,
-    :func:`~esa_tutorial.ppm.pyramid_pool`), so on maps of a few dozen pixels (and with heads much narrower than LDNet's 64
-    channels) the literal form does less work. ``folded``
-    therefore runs the literal form wherever that counts fewer FLOPs, or not
-    enough more to pay for the folded form's smaller products
-    (:func:`literal_is_cheaper`); both are exact, so only the time differs.
+    :func:`~esa_tutorial.pyramid_pool`), so on maps of a few dozen pixels
+    (and with heads much narrower than LDNet's 64 channels) the literal form
+    does less work. ``folded`` therefore runs the literal form wherever that
+    counts fewer FLOPs, or not enough more to pay for the folded form's smaller
+    products (:func:`literal_is_cheaper`); both are exact, so only the time
+    differs.
     :meth:`ESA.forward_folded` always folds.
 """
 
@@ -49,8 +50,9 @@ IMPLS: tuple[str, ...] = get_args(EsaImpl)
 
 # The folded form's products are small (per image, 35 columns wide) and run at a lower rate than the literal
 # form's large ones, so folding must save FLOPs by a margin to save time. On the book's 2-core EPYC (2026-11-26,
-# float32, batches 1 to 16) folded ran 1.02x to 1.23x slower than literal where it saved 5% to 7% of the FLOPs
-# (7x7 maps at C = 256 and 512) and faster from 29% saved on (8x8 at C = 256).
+# float32, batches 1 to 16) folded ran 1.02x to 1.23x slower than literal where it saved 3.5% to 6.6% of the FLOPs
+# (7x7 maps at C = 256 and 512) and faster where it saved 22% (8x8 at C = 256). A margin of 1.15 folds from
+# 13% saved on.
 FOLDING_MARGIN = 1.15
 
 
@@ -66,7 +68,7 @@ def literal_is_cheaper(height: int, width: int, dim: int, heads: int, dim_head: 
     Literal, per pixel: the q, k, v projection ``6IC``, scores and weighted sum
     ``4 n_kv I`` and the output projection ``2IC`` (I = heads * dim_head).
     Folded: ``4 n_kv heads C`` per pixel, the pyramid pooling's two products
-    (:func:`~esa_tutorial.ppm.pyramid_pool`, ``2C(S HW + S^2 W)`` with
+    (:func:`~esa_tutorial.pyramid_pool`, ``2C(S HW + S^2 W)`` with
     ``S = sum(pooling_sizes)``) and, per image, the keys, values, ``A`` and
     ``V'`` from the pooled tokens, ``2 n_kv I C (3 + 1)``. These are the counts
     :func:`~esa_tutorial.cost.count_flops` reports for each form.
