@@ -42,6 +42,7 @@ from torch import nn
 
 from .attention import MHSA
 from .blocks import ESABlock, LCABlock
+from .checkpoints import CheckpointError, load_state_dict_file
 from .dynamic_head import HeadUpdater, KernelGenerator, Pooling, dynamic_conv
 from .encoder import ConvBNReLU, Encoder
 from .init import init_parameters, part_generator
@@ -118,9 +119,10 @@ def load_encoder_weights(encoder: nn.Module, path: PathLike) -> None:
             "downloaded here and does not fit this encoder; pass a state dict saved with "
             "torch.save(Encoder(width=...).state_dict(), path), or None to start from scratch."
         )
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"pretrained_backbone {str(file)!r} holds a {type(state).__name__}, expected a state dict")
+    try:  # weights_only loading; a garbage, truncated or pickled-object file is an error naming the file
+        state = load_state_dict_file(file)
+    except CheckpointError as err:
+        raise CheckpointError(f"pretrained_backbone: {err}") from None
     expected = encoder.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -11,6 +11,7 @@ import torch
 
 from esa_tutorial.experiments import (
     PRETRAINED,
+    build_model,
     context_spec,
     load_history,
     load_model,
@@ -21,6 +22,7 @@ from esa_tutorial.experiments import (
     write_manifest,
 )
 from esa_tutorial.experiments.__main__ import main
+from esa_tutorial.train import TrainingDiverged, non_finite_weight
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,6 +44,20 @@ def test_the_stored_context_run_reproduces() -> None:
     # The tolerance can fail: another seed's stored losses are far outside it.
     other = next(r for r in runs if r["spec"]["variant"] == "ESA" and r["spec"]["seed"] != 0)
     assert (torch.tensor(other["history"]["loss"][:REPRO_STEPS]) - expected).abs().max() > 10 * LOSS_ATOL
+
+
+def test_a_diverging_run_stops_with_its_name_step_and_learning_rate() -> None:
+    # Absurd learning rates on purpose. 1e30: the weights stay finite but the next loss is NaN.
+    with pytest.raises(TrainingDiverged, match=r"run context-esa-seed0 diverged at step 2 of 5: the loss is nan"
+                                               r".*base lr 1e\+30"):
+        train_run(context_spec("ESA", 0, steps=5, lr=1e30))
+    # A weight that stops being finite is named too (the check the loop runs after every update).
+    model = build_model(context_spec("ESA", 0))
+    assert non_finite_weight(model) is None
+    name, weight = next(iter(model.named_parameters()))
+    with torch.no_grad():
+        weight.view(-1)[0] = float("nan")
+    assert non_finite_weight(model) == name
 
 
 def test_checksum_mismatch_names_the_file(tmp_path) -> None:

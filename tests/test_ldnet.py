@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from esa_tutorial import MHSA, ESABlock, LCABlock
+from esa_tutorial.checkpoints import CheckpointError
 from esa_tutorial.dynamic_head import HeadUpdater, KernelGenerator, dynamic_conv, lesion_feature
 from esa_tutorial.encoder import Encoder
 from esa_tutorial.ldnet import LDNet, skip_attention
@@ -254,6 +255,14 @@ def test_pretrained_backbone_errors(tmp_path) -> None:
         LDNet(pretrained_backbone=other, **TINY)
     with pytest.raises(TypeError, match="must be a path to a state dict or None, got int"):
         LDNet(pretrained_backbone=3, **TINY)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a torch file at all")
+    with pytest.raises(CheckpointError, match=r"pretrained_backbone: .*garbage\.pth"):
+        LDNet(pretrained_backbone=garbage, **TINY)
+    tensor = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), tensor)  # a tensor, not a state dict
+    with pytest.raises(CheckpointError, match=r"pretrained_backbone: .*tensor\.pt"):
+        LDNet(pretrained_backbone=tensor, **TINY)
 
 
 def test_encoder_strides_and_channels() -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -46,7 +47,9 @@ from ..context_task import ContextDiscs, ContextNet
 from ..data import SyntheticPolyps
 from ..ldnet import LDNet
 from ..metrics import segmentation_scores
-from ..train import bce_dice_loss, deep_supervision_loss, poly_lr, saved_activation_bytes
+from ..train import (
+    TrainingDiverged, bce_dice_loss, deep_supervision_loss, non_finite_weight, poly_lr, saved_activation_bytes,
+)
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained"
 MANIFEST = "manifest.json"
@@ -157,6 +160,13 @@ class RunResult:
         return {"spec": dataclasses.asdict(self.spec), "history": self.history, "cost": self.cost}
 
 
+def _diverged(spec: RunSpec, what: str, step: int, lr: float) -> TrainingDiverged:
+    return TrainingDiverged(
+        f"run {spec.name} diverged at step {step + 1} of {spec.steps}: {what}. The usual cause is a learning rate "
+        f"too high for this model: it was {lr:.3g} at this step (base lr {spec.lr:g}); try a smaller lr."
+    )
+
+
 def train_run(
     spec: RunSpec,
     stop_after: int | None = None,
@@ -168,6 +178,9 @@ def train_run(
     The batch order comes from ``torch.Generator().manual_seed(spec.seed)``
     alone; the model's initial weights from ``spec.seed`` per part. Global
     torch state is not touched (the caller sets the thread count).
+
+    Raises :class:`~esa_tutorial.train.TrainingDiverged`, naming the run, the
+    step and the learning rate, as soon as the loss or a weight is not finite.
     """
     x, y, vx, vy = data if data is not None else datasets(spec)
     model = build_model(spec)
@@ -183,15 +196,21 @@ def train_run(
     }
     model.train()
     for step in range(steps):
+        lr = poly_lr(spec.lr, step, spec.steps)
         for group in opt.param_groups:
-            group["lr"] = poly_lr(spec.lr, step, spec.steps)
+            group["lr"] = lr
         idx = torch.randint(0, len(x), (spec.batch_size,), generator=order)
         start = time.perf_counter()
         loss = _loss(spec, model(x[idx]), y[idx])
+        if not math.isfinite(loss.item()):
+            raise _diverged(spec, f"the loss is {loss.item()}", step, lr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         seconds.append(time.perf_counter() - start)
+        bad = non_finite_weight(model)
+        if bad is not None:
+            raise _diverged(spec, f"weight {bad!r} is not finite after the update", step, lr)
         history["loss"].append(loss.item())
         if (step + 1) % spec.eval_every == 0 or step + 1 == steps:
             scores = evaluate(spec, model, vx, vy)

@@ -204,7 +204,7 @@ class TrainState:
     best_state: dict[str, torch.Tensor] | None = None
 
 
-def _non_finite_weight(model: nn.Module) -> str | None:
+def non_finite_weight(model: nn.Module) -> str | None:
     """Name of the first parameter or buffer holding NaN or inf, or None (one sync for all of them)."""
     tensors = [(n, t) for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_floating_point()]
     # One flat check (a copy of the weights, about 1% of a training step) instead of one sync per tensor.
@@ -259,7 +259,7 @@ def train_epoch(state: TrainState, loader: torch.utils.data.DataLoader, config: 
         state.scaler.update()
         _sync(device)
         times.append(time.perf_counter() - tic)
-        bad = _non_finite_weight(model)
+        bad = non_finite_weight(model)
         if bad is not None:
             raise _diverged(f"weight {bad!r} holds NaN or inf after the update", step, total_steps, epoch, lr, config)
         losses.append(loss.item())
