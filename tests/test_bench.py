@@ -11,7 +11,7 @@ import torch
 from esa_tutorial import ESA
 from esa_tutorial.bench import (
     BREAKDOWN_PARTS, DIM_HEAD, HEADS, LDNET_SHAPES, VARIANTS, Record, attention_matrix_gb, build, format_speedup_table,
-    format_table, forward_breakdown, pixel_product_flops, plot, run_benchmark, saved_for_backward_mb,
+    format_table, forward_breakdown, pixel_product_flops, plot, plot_shares, run_benchmark, saved_for_backward_mb,
     speedup_table, variant_flops,
 )
 from esa_tutorial.bench.__main__ import main
@@ -104,6 +104,9 @@ def test_run_benchmark_records_are_well_formed(tmp_path):
     pooling = 2 * b * c * (9 * h * w + 81 * w)
     assert row["share_ceiling"] == pytest.approx(pixels / (pixels + folding + pooling), rel=1e-12)
     assert format_speedup_table([row]).count("\n") == 2
+    ax = plot_shares([row, {"shape": [1, 2, 3, 4]}])  # a row without shares is left out
+    heights = sorted(round(p.get_height(), 9) for p in ax.patches)
+    assert heights == sorted([round(100 * row["share_ceiling"], 9), round(100 * row["share_of_matmul"], 9)])
     paths = plot(records, tmp_path)
     assert [p.name for p in paths] == ["time.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)

@@ -389,6 +389,26 @@ def plot_breakdown(breakdown: dict[str, float], ax=None):  # type: ignore[no-unt
     return ax
 
 
+def plot_shares(rows: Sequence[dict[str, object]], ax=None):  # type: ignore[no-untyped-def]
+    """Bars of :func:`speedup_table`'s share of the matmul rate per map, each beside its ceiling. Returns the axes."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if "share_of_matmul" in r and "share_ceiling" in r]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3))
+    at = range(len(rows))
+    ax.bar([i - 0.2 for i in at], [100 * float(r["share_ceiling"]) for r in rows], width=0.4, color="0.8",
+           label="ceiling: every counted FLOP at the matmul rate")
+    ax.bar([i + 0.2 for i in at], [100 * float(r["share_of_matmul"]) for r in rows], width=0.4,
+           label="measured")
+    ax.set_xticks(list(at), ["x".join(map(str, r["shape"])) for r in rows])  # type: ignore[call-overload]
+    ax.set_ylabel("% of the dense matmul rate")
+    ax.set_ylim(0, 125)  # room above the bars for the legend
+    ax.set_yticks(range(0, 101, 20))
+    ax.legend(loc="upper center", ncol=2, frameon=False)
+    return ax
+
+
 def ldnet_training_step(impl: Literal["folded", "reference"], batch: int = 16, size: int = 224,
                         device: torch.device | str = "cpu", steps: int = 2) -> float:
     """Seconds of one LDNet training step (forward, loss, backward, SGD step) with ESA's ``impl`` form.
