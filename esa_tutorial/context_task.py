@@ -35,7 +35,7 @@ from .blocks import FeedForward, PreNorm
 from .encoder import ConvBNReLU
 from .init import init_parameters, part_generator
 from .ldnet import Attention, check_attention, skip_attention
-from .validation import check_feature_map, check_positive_int
+from .validation import check_feature_map, check_positive_int, check_seed
 
 # Saturated, well separated colours: a disc matches the key by hue, not by a shade.
 PALETTE = np.array(
@@ -127,9 +127,7 @@ class ContextDiscs(Dataset):
         self.size = check_positive_int("size", size)
         if size < 48:
             raise ValueError(f"the context task needs size >= 48, got {size}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        self.seed = seed
+        self.seed = check_seed(seed)
 
     def __len__(self) -> int:
         return self.n

@@ -16,13 +16,14 @@ import math
 import torch
 from torch import nn
 
+from .validation import check_seed
+
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def part_generator(seed: int, name: str) -> torch.Generator:
     """A CPU generator for the part called ``name``, fixed by ``seed`` and the name alone."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    check_seed(seed)
     # A stable hash (unlike hash()), mixing seed and name into the low 32 bits, the only
     # ones torch's CPU generator (mt19937) uses.
     digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()

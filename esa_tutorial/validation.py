@@ -21,6 +21,13 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
+def check_seed(value: object) -> int:
+    """Return ``value`` if it is an int >= 0 (a seed), else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {value!r}")
+    return value
+
+
 def check_dropout(value: object) -> float:
     """Return ``value`` as a float if it lies in [0, 1), else raise ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:

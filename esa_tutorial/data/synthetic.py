@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..validation import check_positive_int
+from ..validation import check_positive_int, check_seed
 
 
 def _check_index(i: object, n: int) -> int:
@@ -126,9 +126,7 @@ class SyntheticPolyps(Dataset):
         self.size = check_positive_int("size", size)
         if size < 16:
             raise ValueError(f"size must be at least 16 pixels, got {size}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        self.seed = seed
+        self.seed = check_seed(seed)
 
     def __len__(self) -> int:
         return self.n
