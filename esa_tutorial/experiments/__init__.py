@@ -202,23 +202,25 @@ def train_run(
         idx = torch.randint(0, len(x), (spec.batch_size,), generator=order)
         start = time.perf_counter()
         loss = _loss(spec, model(x[idx]), y[idx])
-        if not math.isfinite(loss.item()):
-            raise _diverged(spec, f"the loss is {loss.item()}", step, lr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         seconds.append(time.perf_counter() - start)
+        # Checked after the timed step, as before the checks existed: the timing stays comparable.
+        value = loss.item()
+        if not math.isfinite(value):
+            raise _diverged(spec, f"the loss is {value}", step, lr)
         bad = non_finite_weight(model)
         if bad is not None:
             raise _diverged(spec, f"weight {bad!r} is not finite after the update", step, lr)
-        history["loss"].append(loss.item())
+        history["loss"].append(value)
         if (step + 1) % spec.eval_every == 0 or step + 1 == steps:
             scores = evaluate(spec, model, vx, vy)
             history["eval_step"].append(step + 1)
             for k in ("loss", "dice", "miou"):
                 history[f"val_{k}"].append(scores[k])
             if log is not None:
-                log(f"{spec.name} step {step + 1}: loss {loss.item():.3f}, val dice {scores['dice']:.3f}")
+                log(f"{spec.name} step {step + 1}: loss {value:.3f}, val dice {scores['dice']:.3f}")
     cost["ms_per_step"] = 1000 * statistics.median(seconds)
     cost["train_seconds"] = sum(seconds)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
