@@ -131,7 +131,7 @@ class ESA(PixelAttention):
         return self.forward_folded(x)
 
     def literal_is_cheaper(self, x: torch.Tensor) -> bool:
-        """Whether the literal form counts fewer FLOPs for (B, C, H, W) ``x`` (see :func:`literal_is_cheaper`)."""
+        """Whether ``forward`` runs the literal form for (B, C, H, W) ``x`` (see :func:`literal_is_cheaper`)."""
         return literal_is_cheaper(x.shape[-2], x.shape[-1], self.dim, self.heads, self.dim_head,
                                   self.ppm.pooling_sizes, self.project_out)
 
