@@ -31,9 +31,9 @@ download step that could fail or drift from the code. :func:`load_history` and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
-import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -48,7 +48,7 @@ from ..data import SyntheticPolyps
 from ..ldnet import LDNet
 from ..metrics import segmentation_scores
 from ..train import (
-    TrainingDiverged, bce_dice_loss, deep_supervision_loss, non_finite_weight, poly_lr, saved_activation_bytes,
+    FitLog, TrainingDiverged, bce_dice_loss, deep_supervision_loss, fit, poly_schedule, saved_activation_bytes,
 )
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained"
@@ -160,24 +160,19 @@ class RunResult:
         return {"spec": dataclasses.asdict(self.spec), "history": self.history, "cost": self.cost}
 
 
-def _diverged(spec: RunSpec, what: str, step: int, lr: float) -> TrainingDiverged:
-    return TrainingDiverged(
-        f"run {spec.name} diverged at step {step + 1} of {spec.steps}: {what}. The usual cause is a learning rate "
-        f"too high for this model: it was {lr:.3g} at this step (base lr {spec.lr:g}); try a smaller lr."
-    )
-
-
 def train_run(
     spec: RunSpec,
     stop_after: int | None = None,
     data: tuple[torch.Tensor, ...] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> RunResult:
-    """Train one run; ``stop_after`` ends early with the full run's schedule (for reproduction checks).
+    """Train one run through :func:`~esa_tutorial.train.fit`; ``stop_after`` ends early with the full run's schedule.
 
-    The batch order comes from ``torch.Generator().manual_seed(spec.seed)``
-    alone; the model's initial weights from ``spec.seed`` per part. Global
-    torch state is not touched (the caller sets the thread count).
+    AdamW with the poly schedule stepped per step; batches of
+    ``spec.batch_size`` drawn with replacement by
+    ``torch.Generator().manual_seed(spec.seed)`` alone; the model's initial
+    weights from ``spec.seed`` per part; validation every ``spec.eval_every``
+    steps. Global torch state is not touched (the caller sets the thread count).
 
     Raises :class:`~esa_tutorial.train.TrainingDiverged`, naming the run, the
     step and the learning rate, as soon as the loss or a weight is not finite.
@@ -186,43 +181,38 @@ def train_run(
     model = build_model(spec)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     order = torch.Generator().manual_seed(spec.seed)
-    history: dict[str, list[float]] = {"loss": [], "eval_step": [], "val_loss": [], "val_dice": [], "val_miou": []}
-    seconds = []
     steps = spec.steps if stop_after is None else min(stop_after, spec.steps)
+    history: dict[str, list[float]] = {"loss": [], "eval_step": [], "val_loss": [], "val_dice": [], "val_miou": []}
     cost = {
         "params": float(sum(p.numel() for p in model.parameters())),
         # clone: a slice of x is a view of the whole data set, whose storage would be counted.
         "saved_mb": saved_activation_bytes(model, x[: spec.batch_size].clone()) / 2**20,
     }
-    model.train()
-    for step in range(steps):
-        lr = poly_lr(spec.lr, step, spec.steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        idx = torch.randint(0, len(x), (spec.batch_size,), generator=order)
-        start = time.perf_counter()
-        loss = _loss(spec, model(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        seconds.append(time.perf_counter() - start)
-        # Checked after the timed step, as before the checks existed: the timing stays comparable.
-        value = loss.item()
-        if not math.isfinite(value):
-            raise _diverged(spec, f"the loss is {value}", step, lr)
-        bad = non_finite_weight(model)
-        if bad is not None:
-            raise _diverged(spec, f"weight {bad!r} is not finite after the update", step, lr)
-        history["loss"].append(value)
+
+    def batches():
+        for _ in range(steps):
+            idx = torch.randint(0, len(x), (spec.batch_size,), generator=order)
+            yield x[idx], y[idx]
+
+    def report(what: str, step: int, lr: float) -> TrainingDiverged:
+        return TrainingDiverged(
+            f"run {spec.name} diverged at step {step + 1} of {spec.steps}: {what}. The usual cause is a learning "
+            f"rate too high for this model: it was {lr:.3g} at this step (base lr {spec.lr:g}); try a smaller lr.")
+
+    def validate(step: int, fitted: FitLog) -> None:
         if (step + 1) % spec.eval_every == 0 or step + 1 == steps:
             scores = evaluate(spec, model, vx, vy)
             history["eval_step"].append(step + 1)
             for k in ("loss", "dice", "miou"):
                 history[f"val_{k}"].append(scores[k])
             if log is not None:
-                log(f"{spec.name} step {step + 1}: loss {value:.3f}, val dice {scores['dice']:.3f}")
-    cost["ms_per_step"] = 1000 * statistics.median(seconds)
-    cost["train_seconds"] = sum(seconds)
+                log(f"{spec.name} step {step + 1}: loss {fitted.loss[-1]:.3f}, val dice {scores['dice']:.3f}")
+
+    fitted = fit(model, batches(), functools.partial(_loss, spec), opt, scheduler=poly_schedule(opt, spec.steps),
+                 diverged=report, on_step=validate)
+    history["loss"] = fitted.loss
+    cost["ms_per_step"] = 1000 * statistics.median(fitted.seconds)
+    cost["train_seconds"] = sum(fitted.seconds)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return RunResult(spec, history, cost, state)
 
