@@ -35,7 +35,6 @@ import functools
 import hashlib
 import json
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -46,6 +45,7 @@ from torch import nn
 from ..context_task import ContextDiscs, ContextNet
 from ..data import SyntheticPolyps
 from ..ldnet import LDNet
+from ..files import save_tensors, write_json
 from ..metrics import segmentation_scores
 from ..train import (
     FitLog, TrainingDiverged, bce_dice_loss, deep_supervision_loss, fit, poly_schedule, saved_activation_bytes,
@@ -262,7 +262,7 @@ def run_suite(
                 write_results(results, out, suite)
                 wanted = checkpoint_variants is None or spec.variant in checkpoint_variants
                 if spec.seed in checkpoint_seeds and wanted:
-                    torch.save(result.state_dict, out / f"{spec.name}.pt")
+                    save_tensors(result.state_dict, out / f"{spec.name}.pt")
     return results
 
 
@@ -273,14 +273,12 @@ def write_results(results: Sequence[RunResult], out: Path, suite: str) -> Path:
     suite can be completed seed by seed.
     """
     path = out / "histories" / f"{suite}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     new = [r.to_json() for r in results]
     names = {spec_from_json(r["spec"]).name for r in new}
     old = json.loads(path.read_text()) if path.is_file() else []
     kept = [r for r in old if spec_from_json(r["spec"]).name not in names]
     runs = sorted(kept + new, key=lambda r: (r["spec"]["seed"], r["spec"]["variant"]))
-    path.write_text(json.dumps(runs, indent=1) + "\n")
-    return path
+    return write_json(runs, path)
 
 
 # --------------------------------------------------------------------------- integrity
@@ -295,7 +293,7 @@ def write_manifest(folder: Path = PRETRAINED) -> dict[str, str]:
     """Record the SHA-256 of every ``.pt`` and ``.json`` file under ``folder`` in ``manifest.json``."""
     files = sorted(p for p in folder.rglob("*") if p.suffix in (".pt", ".json") and p.name != MANIFEST)
     manifest = {p.relative_to(folder).as_posix(): sha256(p) for p in files}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    write_json(manifest, folder / MANIFEST)
     return manifest
 
 
