@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .attention import PixelAttention
+from .nn.attention import PixelAttention
 
 
 def flops_by_operator(module: nn.Module, *inputs: torch.Tensor) -> dict[str, int]:

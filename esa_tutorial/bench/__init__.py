@@ -54,11 +54,11 @@ from torch import nn
 from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..attention import MHSA
+from ..nn.attention import MHSA
 from ..cost import attention_matrix_bytes
-from ..esa import ESA
+from ..nn.esa import ESA
 from ..files import save_figure
-from .. import folded
+from ..nn import folded
 
 Variant = Literal["mhsa", "esa_reference", "esa_folded", "esa_sdpa"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
@@ -341,10 +341,10 @@ def forward_breakdown(shape: Sequence[int], dtype: torch.dtype = torch.float32,
     The pyramid pooling with the weight folding
     (:meth:`~esa_tutorial.ESA.folded_weights`) is timed on the whole input.
     The three block steps are timed on the first block the package uses
-    (:func:`~esa_tutorial.folded.block_shape`), with the package's block
+    (:func:`~esa_tutorial.nn.folded.block_shape`), with the package's block
     functions, over and over, so that the block stays in the cache, and scaled
     to all the pixels: the score product, the softmax per head (in place, in base
-    2, where :func:`~esa_tutorial.folded.uses_exp2`) and the output product.
+    2, where :func:`~esa_tutorial.nn.folded.uses_exp2`) and the output product.
     ``overhead`` is the whole forward minus the four parts: what the blocked
     forward pays beyond computing on cached blocks (reading each block of the
     input from memory, writing its output, the Python loop). Returns the parts
@@ -425,7 +425,7 @@ def ldnet_training_step(impl: Literal["folded", "reference"], batch: int = 16, s
     64, 8 heads of 64) on ``batch`` random images of ``size`` x ``size``; every
     ESA layer set to ``impl``. One warm-up step, then the fastest of ``steps``.
     """
-    from ..ldnet import LDNet  # LDNet pulls in the whole network; only this function needs it
+    from ..nn.ldnet import LDNet  # LDNet pulls in the whole network; only this function needs it
 
     device = torch.device(device)
     with torch.random.fork_rng(devices=[]):

@@ -3,10 +3,10 @@
 Two suites, each a grid of variants x seeds trained under one protocol:
 
 ``context``
-    :class:`~esa_tutorial.context_task.ContextNet` on the key-matching task of
-    :mod:`esa_tutorial.context_task`: no attention vs ESA vs full MHSA.
+    :class:`~esa_tutorial.book.context_task.ContextNet` on the key-matching task of
+    :mod:`esa_tutorial.book.context_task`: no attention vs ESA vs full MHSA.
 ``ablation``
-    :class:`~esa_tutorial.ldnet.LDNet` (width 16) on 64x64 synthetic polyps:
+    :class:`~esa_tutorial.nn.ldnet.LDNet` (width 16) on 64x64 synthetic polyps:
     no attention, ESA, full MHSA, ESA + LCA (chapter 6).
 
 The protocol makes the variants comparable within a seed: the shared parts
@@ -42,9 +42,9 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from torch import nn
 
-from ..context_task import ContextDiscs, ContextNet
+from ..book.context_task import ContextDiscs, ContextNet
 from ..data import SyntheticPolyps
-from ..ldnet import LDNet
+from ..nn.ldnet import LDNet
 from ..files import save_tensors, write_json
 from ..metrics import segmentation_scores
 from ..train import (
@@ -220,7 +220,7 @@ def train_run(
 def check_equal_start(specs: Sequence[RunSpec]) -> None:
     """Raise ``AssertionError`` unless the shared parts of the specs' models start identical.
 
-    For LDNet the shared parts are :data:`~esa_tutorial.ldnet.SHARED_PARTS`; for
+    For LDNet the shared parts are :data:`~esa_tutorial.nn.ldnet.SHARED_PARTS`; for
     ContextNet the stem, head and the block's feed-forward part.
     """
     def shared(model: nn.Module) -> dict[str, torch.Tensor]:

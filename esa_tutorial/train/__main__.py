@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..checkpoints import CheckpointError
-from ..ldnet import ATTENTIONS
+from ..nn.ldnet import ATTENTIONS
 from ..runtime import seed_everything
 from .config import AMP_DTYPES, SCHEDULES, TARGET_RESIZES, TrainConfig, ldnet_recipe, quick_config
 from .distributed import world_from_env

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..ldnet import ATTENTIONS
+from ..nn.ldnet import ATTENTIONS
 from ..validation import (
     check_choice, check_finite, check_non_negative_int, check_positive_int, check_seed,
 )
@@ -104,7 +104,7 @@ class TrainConfig:
         return self.data is not None if self.augment is None else bool(self.augment)
 
     def model_kwargs(self) -> dict[str, Any]:
-        """Arguments of :class:`~esa_tutorial.ldnet.LDNet` for this run."""
+        """Arguments of :class:`~esa_tutorial.nn.ldnet.LDNet` for this run."""
         return dict(width=self.width, heads=self.heads, dim_head=self.dim_head, mlp_dim=self.mlp_dim,
                     attention=self.attention, use_lca=self.use_lca)
 

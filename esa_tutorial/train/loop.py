@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ..checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from ..data import Augmented, AugmentRecipe, PolypFolder, SyntheticPolyps
-from ..ldnet import LDNet
+from ..nn.ldnet import LDNet
 from ..metrics import segmentation_scores
 from ..runtime import resolve_device
 from .config import TrainConfig, check_batch_norm_batch

@@ -20,7 +20,7 @@ import torch
 from nbclient import NotebookClient
 
 from esa_tutorial.data import SyntheticPolyps
-from esa_tutorial.ldnet import LDNet
+from esa_tutorial.nn.ldnet import LDNet
 from esa_tutorial.train import deep_supervision_loss, fit, quick_config, run_experiment
 
 ROOT = Path(__file__).resolve().parents[2]

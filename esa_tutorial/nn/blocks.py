@@ -15,7 +15,7 @@ from torch import nn
 
 from .attention import PixelAttention
 from .esa import ESA
-from .validation import (
+from ..validation import (
     autocast_enabled,
     check_dropout,
     check_feature_map,

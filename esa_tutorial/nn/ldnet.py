@@ -18,7 +18,7 @@ Five outputs (strides 1, 2, 4, 8, 16), all supervised during training.
 counts (:meth:`LDNet.paper_sized`); the default is four times narrower.
 
 Differences from LDNet's code (``models/LDNet.py`` of ReaFly/LDNet), on
-purpose: the encoder is a small CNN (:mod:`esa_tutorial.encoder`), not
+purpose: the encoder is a small CNN (:mod:`esa_tutorial.nn.encoder`), not
 Res2Net-50 with 1x1 reductions; the outputs are logits, not sigmoids (the loss
 then uses the numerically stable BCE-with-logits); one class only. Everything
 after the encoder is LDNet's: with LDNet's weights renamed by
@@ -27,7 +27,7 @@ rounding. ``head_pooling="mean"`` is an option of ours, not LDNet's.
 
 The shared parts (encoder, decoders, 1x1 unify convs, kernel generator, head
 updaters) are built before the attention blocks, and with ``seed`` every part
-is drawn from its own generator (:mod:`esa_tutorial.init`), so the shared parts
+is drawn from its own generator (:mod:`esa_tutorial.nn.init`), so the shared parts
 start from identical weights whatever ``attention`` and ``use_lca`` are.
 """
 
@@ -42,11 +42,11 @@ from torch import nn
 
 from .attention import MHSA
 from .blocks import ESABlock, LCABlock
-from .checkpoints import CheckpointError, load_state_dict_file
+from ..checkpoints import CheckpointError, load_state_dict_file
 from .dynamic_head import HeadUpdater, KernelGenerator, Pooling, dynamic_conv
 from .encoder import ConvBNReLU, Encoder
 from .init import init_parameters, part_generator
-from .validation import check_feature_map, check_positive_int, check_same_dtype
+from ..validation import check_choice, check_feature_map, check_positive_int, check_same_dtype
 
 Attention = Literal["esa", "mhsa", "none"]
 ATTENTIONS: tuple[str, ...] = get_args(Attention)
@@ -58,9 +58,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 def check_attention(value: object) -> Attention:
     """Return ``value`` if it names a skip attention (``"esa"``, ``"mhsa"``, ``"none"``), else raise."""
-    if value not in ATTENTIONS:
-        raise ValueError(f"attention must be one of {ATTENTIONS}, got {value!r}")
-    return value  # type: ignore[return-value]
+    return check_choice("attention", value, ATTENTIONS)  # type: ignore[return-value]
 
 
 class DecoderBlock(nn.Sequential):
@@ -92,7 +90,7 @@ def skip_attention(
 ) -> nn.Module:
     """The self-attention block on an encoder feature: (B, dim, H, W) -> (B, dim, H, W).
 
-    ``"esa"``: :class:`~esa_tutorial.blocks.ESABlock`. ``"mhsa"``: the same block with its ESA layer
+    ``"esa"``: :class:`~esa_tutorial.nn.blocks.ESABlock`. ``"mhsa"``: the same block with its ESA layer
     swapped for full self-attention of the same size (the ablation baseline).
     ``"none"``: identity.
     """
@@ -109,7 +107,7 @@ def skip_attention(
 
 
 def load_encoder_weights(encoder: nn.Module, path: PathLike) -> None:
-    """Load a state dict saved from an :class:`~esa_tutorial.encoder.Encoder` of the same width, with clear errors."""
+    """Load a state dict saved from an :class:`~esa_tutorial.nn.encoder.Encoder` of the same width, with clear errors."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"pretrained_backbone must be a path to a state dict or None, got {type(path).__name__}")
     file = Path(path)
@@ -151,14 +149,14 @@ class LDNet(nn.Module):
         kernel_size: size of the dynamic kernel (LDNet: 1).
         head_pooling: how the head updaters pool the lesion feature,
             ``"sum"`` (LDNet's code) or ``"mean"``
-            (``esa_tutorial.dynamic_head.lesion_feature``).
+            (``esa_tutorial.nn.dynamic_head.lesion_feature``).
         seed: initial weights. Every part (encoder, each decoder, each head
             updater, each attention block...) is drawn from its own generator,
             fixed by ``seed`` and the part's name, so equal seeds give equal
             shared parts across ablation variants. ``None`` draws the seed from
             torch's global generator (one number), so ``torch.manual_seed``
             before building has the same effect.
-        pretrained_backbone: ``None`` or the path of a saved :class:`~esa_tutorial.encoder.Encoder` state dict.
+        pretrained_backbone: ``None`` or the path of a saved :class:`~esa_tutorial.nn.encoder.Encoder` state dict.
     """
 
     def __init__(

@@ -42,7 +42,7 @@ from einops import rearrange
 from .attention import PixelAttention
 from .folded import folded_attention
 from .ppm import PPM, num_tokens, pyramid_pool
-from .validation import check_choice
+from ..validation import check_choice
 
 EsaImpl = Literal["folded", "reference", "sdpa"]
 IMPLS: tuple[str, ...] = get_args(EsaImpl)
@@ -160,7 +160,7 @@ class ESA(PixelAttention):
 
         Always folds, whatever the map size. The pixel-side work runs blocked
         over the pixels and recomputes the probabilities in the backward pass
-        (:func:`~esa_tutorial.folded.folded_attention`), so no (B, N, heads*35)
+        (:func:`~esa_tutorial.nn.folded.folded_attention`), so no (B, N, heads*35)
         tensor is kept for autograd.
         """
         self.check_input(x)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .validation import check_dropout, check_feature_map, check_positive_int, check_same_dtype
+from ..validation import check_dropout, check_feature_map, check_positive_int, check_same_dtype
 
 
 class PixelAttention(nn.Module):

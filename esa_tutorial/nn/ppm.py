@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .validation import check_feature_map, check_pooling_sizes
+from ..validation import check_feature_map, check_pooling_sizes
 
 
 def adaptive_bins(length: int, bins: int) -> list[tuple[int, int]]:

@@ -36,7 +36,7 @@ import math
 
 import torch
 
-from .validation import autocast_enabled
+from ..validation import autocast_enabled
 
 # The block API: public, so that the benchmark (esa_tutorial.bench.forward_breakdown) times the very
 # functions the forward runs, and a reader can run one block by hand.
