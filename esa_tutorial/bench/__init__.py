@@ -55,7 +55,7 @@ from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..nn.attention import MHSA
-from ..cost import attention_matrix_bytes
+from ..cost import attention_matrix_bytes, saved_for_backward_bytes
 from ..nn.esa import ESA
 from ..files import save_figure
 from ..nn import folded
@@ -154,21 +154,11 @@ def time_once(variant: Variant, shape: Sequence[int], mode: Mode, dtype: torch.d
 
 def saved_for_backward_mb(variant: Variant, shape: Sequence[int], dtype: torch.dtype,
                           device: torch.device | str) -> float:
-    """MB that autograd keeps from the forward pass for the backward pass (each storage counted once)."""
+    """MiB that autograd keeps from the forward pass for the backward pass, weights and input left out
+    (:func:`esa_tutorial.cost.saved_for_backward_bytes`)."""
     module = build(variant, shape[1], dtype, device)
     x, _ = make_inputs(shape, dtype, device, "forward_backward")
-    storages: dict[int, int] = {}
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in params and s.data_ptr() != x.untyped_storage().data_ptr():
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
-    return sum(storages.values()) / 2**20
+    return saved_for_backward_bytes(module, x, weights_and_input=False) / 2**20
 
 
 def cuda_peak_mb(variant: Variant, shape: Sequence[int], mode: Mode, dtype: torch.dtype,

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from ..cost import saved_for_backward_bytes as saved_activation_bytes
 from ..checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from ..data import Augmented, AugmentRecipe, PolypFolder, SyntheticPolyps
 from ..nn.ldnet import LDNet
@@ -146,27 +147,6 @@ def make_loaders(config: TrainConfig, train_set: torch.utils.data.Dataset, val_s
 
 
 # --------------------------------------------------------------------------- measuring
-
-
-def saved_activation_bytes(model: nn.Module, images: torch.Tensor) -> int:
-    """Bytes the autograd graph keeps for backward after one training forward of ``images``.
-
-    This is what grows with batch and image size and dominates training memory;
-    unlike the process's peak memory it can be measured the same way on a CPU
-    and repeats exactly. Runs on a copy, so batch-norm statistics stay untouched.
-    """
-    probe = copy.deepcopy(model).train()
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()  # tensors saved twice or as views share a storage: count it once
-        storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        outputs = probe(images)
-    del outputs
-    return sum(storages.values())
 
 
 @torch.no_grad()
