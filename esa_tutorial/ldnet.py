@@ -266,11 +266,9 @@ class LDNet(nn.Module):
         the ``*List`` aliases, a ``module.`` prefix and the deduplicated form
         are accepted (:func:`esa_tutorial.nn.ldnet_weights.load_ldnet_checkpoint`).
         """
-        from esa_tutorial.nn.ldnet_weights import load_ldnet_checkpoint
+        from esa_tutorial.nn.ldnet_weights import full_model_from_ldnet_file
 
-        model = cls.full(**kwargs)
-        load_ldnet_checkpoint(model, path)
-        return model.eval()
+        return full_model_from_ldnet_file(cls, path, **kwargs)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error unless ``x`` is (B, 3, H, W) with H, W multiples of 32, in the model's dtype."""

@@ -164,7 +164,8 @@ def describe_state_dict(state: Mapping[str, torch.Tensor]) -> str:
     return f"a state dict of {len(keys)} tensors ({shown})"
 
 
-def _load_file(path: object, what: str) -> tuple[Path, dict[str, torch.Tensor]]:
+def read_state_dict(path: object, what: str) -> tuple[Path, dict[str, torch.Tensor]]:
+    """(path, state dict) of a plain ``torch.save`` file, ``weights_only``; errors start with ``what`` and name the file."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{what} must be a path to a state-dict file, got {type(path).__name__}")
     file = Path(path)
@@ -198,7 +199,7 @@ def load_res2net_weights(backbone: nn.Module, path: PathLike) -> None:
     ``FileNotFoundError`` or :class:`~esa_tutorial.checkpoints.CheckpointError`
     naming the file, what it holds and the first missing/unexpected keys.
     """
-    file, state = _load_file(path, "pretrained_backbone")
+    file, state = read_state_dict(path, "pretrained_backbone")
     holds = describe_state_dict(state)
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
@@ -253,5 +254,20 @@ def load_ldnet_checkpoint(model: nn.Module, path: PathLike) -> None:
     deduplicated 766-key form. Raises ``FileNotFoundError`` or
     :class:`~esa_tutorial.checkpoints.CheckpointError` naming the file.
     """
-    file, state = _load_file(path, "LDNet checkpoint")
+    file, state = read_state_dict(path, "LDNet checkpoint")
     model.load_state_dict(ldnet_checkpoint_to_package(state, model, file), strict=True)
+
+
+def full_model_from_ldnet_file(cls: type, path: PathLike, **kwargs: object) -> nn.Module:
+    """``cls.full(**kwargs)`` holding the weights of LDNet's checkpoint at ``path``, in eval mode.
+
+    The file is read and checked before the network is built, and the network
+    is built on the ``meta`` device (shapes only), then given the file's
+    tensors (``assign=True``): no random initial weights are drawn for 33 M
+    parameters that the file replaces.
+    """
+    file, state = read_state_dict(path, "LDNet checkpoint")
+    with torch.device("meta"):
+        model = cls.full(**kwargs)
+    model.load_state_dict(ldnet_checkpoint_to_package(state, model, file), strict=True, assign=True)
+    return model.eval()
