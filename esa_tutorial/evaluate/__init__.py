@@ -282,6 +282,8 @@ def format_summary(results: Sequence[Scores]) -> str:
     lines = [f"{'test set':<{width}}{'images':>7}{'mDice':>9}{'mIoU':>9}{'IoU_mean':>10}"]
     lines += [f"{r.test_set.name:<{width}}{r.n:>7}{r.mean['dice']:>9.4f}{r.mean['iou_polyp']:>9.4f}"
               f"{r.mean['miou']:>10.4f}" for r in results]
+    lines.append("mDice, mIoU: Dice and IoU of the polyp, mean over images; IoU_mean: LDNet's mean of the polyp "
+                 "and background IoU")
     return "\n".join(lines)
 
 
