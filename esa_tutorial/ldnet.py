@@ -19,7 +19,8 @@ counts (:meth:`LDNet.paper_sized`); the default is four times narrower.
 
 Differences from LDNet's code (``models/LDNet.py`` of ReaFly/LDNet), on
 purpose: the encoder is a small CNN (:mod:`esa_tutorial.encoder`), not
-Res2Net-50 with 1x1 reductions; the outputs are logits, not sigmoids (the loss
+Res2Net-50 with 1x1 reductions (``LDNet.full()`` builds that one:
+``esa_tutorial.nn.res2net``, 33,375,608 parameters as in LDNet); the outputs are logits, not sigmoids (the loss
 then uses the numerically stable BCE-with-logits); one class only. Everything
 after the encoder is LDNet's: with LDNet's weights renamed by
 :func:`ldnet_key_map`, the five outputs are LDNet's (sigmoid applied) to float

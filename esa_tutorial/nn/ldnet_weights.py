@@ -21,7 +21,7 @@ The names: :func:`ldnet_key` gives LDNet's name of every key of the
 package's full network (encoder: ``encoder.backbone.conv1`` ->
 ``encoder1_conv``, ``bn1`` -> ``encoder1_bn``, ``layerN`` -> ``encoder{N+1}``,
 ``encoder.reduce.i`` -> ``reduce{i+2}``; the rest as in
-:func:`esa_tutorial.ldnet.ldnet_key_map`, of which it is the inverse).
+``esa_tutorial.ldnet.ldnet_key_map``, of which it is the inverse).
 :func:`ldnet_state_dict` writes the package's weights in LDNet's layout
 (902 keys, LDNet's order), which LDNet's code loads.
 
@@ -29,6 +29,22 @@ A file of the wrong kind (a Res2Net file given as an LDNet checkpoint or the
 reverse, another depth, a truncated file, something else) raises
 :class:`~esa_tutorial.checkpoints.CheckpointError` naming the file, what it
 holds (:func:`describe_state_dict`) and the first missing and unexpected keys.
+
+**Where such files come from** (none can be downloaded on the machines that
+build this package: its tests write files of the same layout from generated
+weights):
+
+* the Res2Net authors' ImageNet file ``res2net50_v1b_26w_4s-3cf99910.pth``,
+  the one LDNet's code loads (its URL is in LDNet's ``models/res2net.py``);
+* timm's ``res2net50d.in1k``, e.g. on Colab:
+  ``torch.save(timm.create_model("res2net50d", pretrained=True).state_dict(), "res2net50d.pth")``.
+  timm's ``res2net50d`` has the same keys, shapes and outputs as the
+  authors' model (checked with one state dict in both); whether its
+  pretrained weights are the authors' file was not checked, and timm lists
+  their licence as unknown;
+* LDNet checkpoints: LDNet's repository publishes none. A third party
+  (EndoKED) released an LDNet checkpoint trained with its own pretraining; it
+  was not available here, so whether it loads as it is was not checked.
 """
 
 from __future__ import annotations
