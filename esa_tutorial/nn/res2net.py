@@ -29,6 +29,10 @@ use (:func:`esa_tutorial.nn.ldnet_weights.load_res2net_weights`).
     e4 (B, 1024, H/16, W/16)   layer3
     e5 (B, 2048, H/32, W/32)   layer4
 
+Initial weights are torch's defaults (in :class:`~esa_tutorial.LDNet`, drawn
+part by part from its ``seed``); the authors initialise convolutions
+kaiming-normal (fan out). Either is replaced when ImageNet weights are loaded.
+
 :class:`Res2NetEncoder` is LDNet's encoder: these five maps with 1x1
 convolutions (with bias) reducing e2..e5 to 64, 128, 256 and 512 channels; e1
 stays at 64. It has 23,669,352 + 1,393,600 parameters.
