@@ -201,6 +201,17 @@ def test_from_ldnet_checkpoint_loads_train_py_file(full: LDNet, ldnet_file: Path
             assert torch.equal(a, b)
 
 
+def test_from_ldnet_checkpoint_keeps_float32_and_trains(full: LDNet, tmp_path: Path) -> None:
+    """A half-precision file gives a float32 model whose parameters take gradients (built on meta, then assigned)."""
+    path = tmp_path / "half.pth"
+    torch.save({k: (v.half() if v.is_floating_point() else v) for k, v in ldnet_state_dict(full).items()}, path)
+    model = LDNet.from_ldnet_checkpoint(path)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert all(p.requires_grad and not p.is_meta for p in model.parameters())
+    assert not any(b.is_meta for b in model.buffers())
+    torch.testing.assert_close(model.top_unify.weight, full.top_unify.weight, rtol=1e-3, atol=1e-3)
+
+
 def test_ldnet_checkpoint_forms_accepted(full: LDNet) -> None:
     exported = ldnet_state_dict(full)
     target = LDNet.full(seed=2)

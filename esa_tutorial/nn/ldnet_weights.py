@@ -285,5 +285,9 @@ def full_model_from_ldnet_file(cls: type, path: PathLike, **kwargs: object) -> n
     file, state = read_state_dict(path, "LDNet checkpoint")
     with torch.device("meta"):
         model = cls.full(**kwargs)
-    model.load_state_dict(ldnet_checkpoint_to_package(state, model, file), strict=True, assign=True)
+    own = model.state_dict()
+    weights = ldnet_checkpoint_to_package(state, model, file)
+    # assign=True would keep the file's dtype and layout: a half-precision file would give a half model.
+    weights = {k: v.to(dtype=own[k].dtype).contiguous() for k, v in weights.items()}
+    model.load_state_dict(weights, strict=True, assign=True)
     return model.eval()
