@@ -356,3 +356,14 @@ def test_res2net_equals_timm_res2net50d_bit_for_bit() -> None:
     assert len(captured) == 5
     for a, b in zip(mine, captured, strict=True):
         assert torch.equal(a, b)
+
+
+def test_full_trains_every_parameter() -> None:
+    """One backward pass of the five-output loss reaches every parameter of LDNet.full() (batch 2, 32x32)."""
+    model = LDNet.full(seed=3).train()
+    x = torch.rand(2, 3, 32, 32)
+    target = (torch.rand(2, 1, 32, 32) > 0.5).float()
+    loss = sum(F.binary_cross_entropy_with_logits(o, F.interpolate(target, size=o.shape[-2:])) for o in model(x))
+    loss.backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    assert bool(torch.isfinite(loss))
