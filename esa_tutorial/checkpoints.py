@@ -9,8 +9,9 @@ A checkpoint file is a short text header followed by a ``torch.save`` payload::
 
 ``torch.save``'s zip container does not verify its own CRCs when it loads, so
 a flipped byte in the weights would load silently; the checksum catches it.
-Files are written to a temporary file in the same folder and renamed into
-place, so a crash or a full disk leaves the previous checkpoint intact.
+Files are written through :func:`esa_tutorial.files.atomic_write` (a synced
+temporary file renamed into place), so a crash or a full disk leaves the
+previous checkpoint intact.
 Loading uses ``torch.load(weights_only=True)``: a payload can hold tensors,
 numbers, strings and plain containers, never code.
 
@@ -31,11 +32,12 @@ import hashlib
 import io
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Union
 
 import torch
+
+from .files import atomic_write_bytes
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -46,26 +48,6 @@ MAX_HEADER = 256  # bytes read to find the header; the real one is about 120
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and the problem."""
-
-
-def atomic_write_bytes(data: bytes, path: PathLike) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    The rename is atomic on POSIX and Windows: readers see the old file or the
-    new one, never half of one. The temporary file is removed on any error.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_state_dict(state: Any, what: str, action: str = "load") -> None:

@@ -7,6 +7,7 @@ instead of a stack trace from deep inside torch.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence, TypeVar
 
 import torch
@@ -21,11 +22,36 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
-def check_seed(value: object) -> int:
-    """Return ``value`` if it is an int >= 0 (a seed), else raise ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {value!r}")
+SEED_LIMIT = 2**32  # NumPy's seeds (seed_everything seeds NumPy too) lie in [0, 2**32)
+
+
+def check_seed(value: object, name: str = "seed") -> int:
+    """Return ``value`` if it is an int in [0, 2**32) (a seed every generator accepts), else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{name} must be an integer in [0, 2**32), got {value!r}")
     return value
+
+
+def check_non_negative_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an int >= 0, else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def check_finite(name: str, value: object, low: float | None = None, *, strict: bool = False) -> float:
+    """Return ``value`` as a float if it is a finite real number (``> low`` if ``strict``, else ``>= low``).
+
+    Else ``ValueError`` naming ``name``, the bound and the value: NaN, inf, bools and
+    strings are refused (a NaN learning rate would silently turn every weight into NaN).
+    """
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if strict else value >= low  # type: ignore[operator]
+    if not ok:
+        bound = "" if low is None else (f" > {low:g}" if strict else f" >= {low:g}")
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
 
 
 def check_dropout(value: object) -> float:

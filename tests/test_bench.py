@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from esa_tutorial import ESA
+from esa_tutorial import ESA, folded
 from esa_tutorial.bench import (
     BREAKDOWN_PARTS, DIM_HEAD, HEADS, LDNET_SHAPES, VARIANTS, Record, attention_matrix_gb, build, format_speedup_table,
     format_table, forward_breakdown, ldnet_training_step, pixel_product_flops, plot, plot_shares, run_benchmark,
@@ -123,11 +123,26 @@ def test_saved_for_backward_folded_keeps_no_scores():
     assert fold < ref / 10
 
 
-def test_forward_breakdown_parts_add_up_to_the_whole():
-    parts = forward_breakdown((1, 16, 12, 12), min_run_time=0.001)
+def test_forward_breakdown_times_the_pieces_the_forward_runs():
+    """The timed block functions, run over every block, give the folded forward's output."""
+    shape = (2, 16, 12, 12)
+    parts = forward_breakdown(shape, min_run_time=0.001)
     assert set(parts) == set(BREAKDOWN_PARTS) | {"whole"}
     assert all(parts[p] > 0 for p in BREAKDOWN_PARTS[:-1])
-    assert sum(parts[p] for p in BREAKDOWN_PARTS) == pytest.approx(parts["whole"])
+    torch.manual_seed(0)
+    esa = ESA(16, heads=2, dim_head=8).eval()
+    x = torch.randn(shape)
+    pixels = x.flatten(2)
+    with torch.no_grad():
+        a, vo = esa.folded_weights(x)
+        keys, exp2 = folded.score_keys(a)
+        out = torch.empty(shape[0], pixels.shape[-1], 16)
+        for imgs, px in folded.blocks(shape[0], pixels.shape[-1], x.device, rows=50):  # several blocks
+            p = folded.block_probabilities(pixels[imgs, :, px], keys[imgs], esa.heads, exp2)
+            out[imgs, px] = folded.block_output(p, vo[imgs], esa.to_out[0].bias)
+        torch.testing.assert_close(out, esa.forward_folded(x), rtol=1e-5, atol=1e-6)
+        esa.impl = "reference"
+        torch.testing.assert_close(out, esa(x), rtol=1e-4, atol=1e-5)
 
 
 def test_main_writes_json_and_plots(tmp_path, capsys):

@@ -38,6 +38,7 @@ On top: :func:`speedup_table` (the folded form beside the literal one),
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -56,6 +57,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..attention import MHSA
 from ..cost import attention_matrix_bytes
 from ..esa import ESA
+from ..files import save_figure
 from .. import folded
 
 Variant = Literal["mhsa", "esa_reference", "esa_folded", "esa_sdpa"]
@@ -130,10 +132,16 @@ def make_inputs(shape: Sequence[int], dtype: torch.dtype, device: torch.device |
     return x.requires_grad_(mode != "forward"), grad
 
 
-def time_call(fn: Callable[[], object], min_run_time: float = 0.2) -> float:
-    """Median seconds of ``fn()``, by ``torch.utils.benchmark.Timer.blocked_autorange``."""
+def time_call(fn: Callable[[], object], min_run_time: float = 0.2, device: torch.device | str = "cpu") -> float:
+    """Median seconds of ``fn()``, by ``torch.utils.benchmark.Timer.blocked_autorange``.
+
+    On CUDA the timer synchronises the current device; ``device`` is made
+    current while timing, so work on ``cuda:1`` is waited for too.
+    """
+    device = torch.device(device)
     timer = benchmark.Timer(stmt="fn()", globals=dict(fn=fn), num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time).median
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
 def time_once(variant: Variant, shape: Sequence[int], mode: Mode, dtype: torch.dtype,
@@ -141,7 +149,7 @@ def time_once(variant: Variant, shape: Sequence[int], mode: Mode, dtype: torch.d
     """Median seconds of one pass of one variant."""
     module = build(variant, shape[1], dtype, device)
     x, grad = make_inputs(shape, dtype, device, mode)
-    return time_call(lambda: run_pass(module, x, mode, grad), min_run_time)
+    return time_call(lambda: run_pass(module, x, mode, grad), min_run_time, device)
 
 
 def saved_for_backward_mb(variant: Variant, shape: Sequence[int], dtype: torch.dtype,
@@ -181,7 +189,7 @@ def matmul_gflops(dtype: torch.dtype, device: torch.device | str, size: int = 20
     """Measured dense matmul throughput (GFLOP/s) of square ``size`` x ``size`` matrices."""
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.randn(size, size, generator=gen).to(device=device, dtype=dtype) for _ in range(2))
-    return 2 * size**3 / time_call(lambda: a @ b, min_run_time) / 1e9
+    return 2 * size**3 / time_call(lambda: a @ b, min_run_time, device) / 1e9
 
 
 @dataclass
@@ -367,7 +375,7 @@ def forward_breakdown(shape: Sequence[int], dtype: torch.dtype = torch.float32,
         seconds = {name: math.inf for name in parts}
         for _ in range(3):
             for name, (fn, times) in parts.items():
-                seconds[name] = min(seconds[name], times * time_call(fn, min_run_time))
+                seconds[name] = min(seconds[name], times * time_call(fn, min_run_time, device))
     seconds["overhead"] = seconds["whole"] - sum(seconds[p] for p in BREAKDOWN_PARTS[:-1])
     return seconds
 
@@ -475,6 +483,11 @@ def machine() -> dict[str, object]:
                                    cpu_count=os.cpu_count(), threads=torch.get_num_threads())
     if hasattr(os, "getloadavg"):
         info["load_average_1_5_15"] = [round(v, 2) for v in os.getloadavg()]
+    # Precision settings change speed and results: TF32 (Ampere and newer) for matmuls and for cuDNN's
+    # convolutions, and float32 matmul precision ("highest", "high", "medium") on any device.
+    info["float32_matmul_precision"] = torch.get_float32_matmul_precision()
+    info["cuda_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -505,11 +518,8 @@ def plot(records: Sequence[Record], out_dir: Path) -> list[Path]:
         ax.set_ylabel("ms")
     axes[0].legend()
     fig.tight_layout()
-    path = out_dir / "time.png"
-    tmp = path.with_name(".time.png.tmp")
-    fig.savefig(tmp, dpi=120, format="png")
+    path = save_figure(fig, out_dir / "time.png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
     return [path]
 
 

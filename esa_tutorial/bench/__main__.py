@@ -13,9 +13,7 @@ options are checked before any work starts; files are written atomically.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Sequence
 
 import torch
 
+from ..files import write_json
 from ..runtime import resolve_device
 from . import (
     DTYPES, LDNET_MODELS, LDNET_SHAPES, QUICK_SHAPES, VARIANTS, Record, esa_share_of_step, format_speedup_table,
@@ -95,18 +94,6 @@ def _check_out(parser: argparse.ArgumentParser, out: Path) -> None:
         parser.error(f"--out {str(out)!r} is not a writable directory: {err}")
 
 
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON to a temporary file next to ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main(argv: Sequence[str] | None = None) -> list[Record]:
     """Run the benchmark with command-line arguments ``argv`` (default ``sys.argv[1:]``); returns the records."""
     parser = build_parser()
@@ -155,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> list[Record]:
             f"{step['reference']:.2f} s, folded ESA {step['folded']:.2f} s; folded ESA layers "
             f"~{100 * share:.0f}% of the step")
     paths = plot(records, args.out)
-    write_json_atomic(args.out / "bench.json", result)
+    write_json(result, args.out / "bench.json")
     for path in [*paths, args.out / "bench.json"]:
         log(f"wrote {path}")
     return records
