@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from esa_tutorial import LDNet
-from esa_tutorial.checkpoints import atomic_write_bytes
+from esa_tutorial.files import atomic_write_text
 from esa_tutorial.nn.ldnet_weights import ldnet_state_dict
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "ldnet_full_keys.txt"
@@ -37,5 +37,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
-    atomic_write_bytes(manifest().encode(), args.out)
+    atomic_write_text(manifest(), args.out)
     print(f"wrote {args.out}")

@@ -12,12 +12,12 @@ Each FOLDER is a test set or a folder of test sets (layouts: see
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..checkpoints import CheckpointError, atomic_write_bytes
+from ..checkpoints import CheckpointError
+from ..files import write_json
 from ..runtime import resolve_device
 from . import (
     LDNET_TEST_SIZE, Scores, find_datasets, format_scores, format_summary, load_model, probabilities,
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> list[Scores]:
         data = dict(checkpoint=str(args.checkpoint), size=args.size, threshold=0.5, tp_quirk=args.ldnet_tp_quirk,
                     test_sets=[dict(name=r.test_set.name, folder=str(r.test_set.root), layout=r.test_set.layout,
                                     images=r.n, mean=r.mean) for r in results])
-        atomic_write_bytes(json.dumps(data, indent=1).encode(), args.json)
+        write_json(data, args.json)
         print(f"wrote {args.json}")
     return results
 
