@@ -211,3 +211,20 @@ def test_command_errors(kvasir: Path, tmp_path: Path, capsys, args: list[str], m
     with pytest.raises(SystemExit):
         main([str(ckpt), str(kvasir), "--size", "100"])
     assert "multiple of 32" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_command_scores_what_the_train_command_wrote(kvasir: Path, tmp_path: Path, capsys) -> None:
+    """python -m esa_tutorial.train writes best.pt; evaluate reads it and scores it as the trained model scores."""
+    from esa_tutorial.evaluate import find_datasets as sets, probabilities
+    from esa_tutorial.train.__main__ import main as train
+
+    ckpt_dir = tmp_path / "ckpt"
+    result = train(["--data", str(kvasir), "--val-data", str(kvasir), "--epochs", "1", "--batch-size", "2",
+                    "--size", "32", "--width", "8", "--heads", "1", "--dim-head", "8", "--mlp-dim", "16",
+                    "--no-augment", "--device", "cpu", "--checkpoint-dir", str(ckpt_dir), "--no-progress"])
+    scores = main([str(ckpt_dir / "best.pt"), str(kvasir), "--size", "32"])
+    direct = score_test_set(probabilities(result.model.eval()), sets(kvasir)[0], size=32)
+    assert scores[0].n == direct.n == 2
+    assert scores[0].mean == direct.mean
+    assert "Kvasir-SEG: 2 images" in capsys.readouterr().out

@@ -198,7 +198,7 @@ def load_model(path: PathLike, device: str | torch.device = "cpu") -> nn.Module:
     any other file is read as a state dict of LDNet's code
     (:meth:`LDNet.from_ldnet_checkpoint <esa_tutorial.LDNet.from_ldnet_checkpoint>`).
     """
-    from ..ldnet import LDNet  # the model and the training code: only needed here
+    from .. import LDNet  # the model and the training code: only needed here
     from ..train import model_from_checkpoint
 
     file = Path(path)
