@@ -149,7 +149,7 @@ class EvalSet:
     pairs: list[tuple[Path, Path]] = field(repr=False)
 
     def dataset(self, size: int = LDNET_TEST_SIZE) -> PolypFolder:
-        """The pairs as a :class:`~esa_tutorial.data.PolypFolder`: (3, size, size) images, binary (1, size, size) masks."""
+        """The pairs as a :class:`~esa_tutorial.data.PolypFolder`: images (3, size, size), binary masks (1, size, size)."""
         return PolypFolder(self.root, size=size, train=False, pairs=self.pairs)
 
 
@@ -212,7 +212,7 @@ def load_model(path: PathLike, device: str | torch.device = "cpu") -> nn.Module:
 
 
 def probabilities(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """(B, 3, H, W) -> (B, 1, H, W): the sigmoid of the model's first (finest) output, as LDNet's ``evaluate`` reads it."""
+    """(B, 3, H, W) -> (B, 1, H, W): the sigmoid of the model's first (finest) output, as LDNet's ``evaluate``."""
 
     def predict(images: torch.Tensor) -> torch.Tensor:
         outputs = model(images)

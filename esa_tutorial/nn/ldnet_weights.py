@@ -73,8 +73,6 @@ LDNET_ORDER = (
 )
 # ``<list>.i`` is the same module as ``<name>{4 - i}``: LDNet lists its stages coarse to fine.
 ALIASES = {"decoderList": "decoder", "unifyList": "unify", "esaList": "esa", "lcaList": "lca"}
-LDNET_KEYS = 902  # keys of LDNet().state_dict(), aliases included
-LDNET_TENSORS = 766  # distinct tensors among them
 _UPDATER = {  # the package's HeadUpdater names -> LDNet's HeadUpdator names
     "lesion_proj": "pred_transform_layer", "kernel_proj": "head_transform_layer",
     "lesion_gate.0": "pred_gate", "lesion_gate.1": "pred_norm_in",
@@ -85,7 +83,10 @@ _UPDATER = {  # the package's HeadUpdater names -> LDNet's HeadUpdator names
 
 
 def ldnet_key(key: str) -> str:
-    """LDNet's name for ``key`` of ``LDNet.full().state_dict()``, e.g. ``decoders.0.1.1.bias`` -> ``decoder4.conv2.bn.bias``."""
+    """LDNet's name for ``key`` of ``LDNet.full().state_dict()``.
+
+    E.g. ``decoders.0.1.1.bias`` -> ``decoder4.conv2.bn.bias``; raises ``KeyError`` for a key the full network lacks.
+    """
     head, _, rest = key.partition(".")
     stage = lambda j: str(4 - int(j))  # noqa: E731  (package stage 0 is LDNet's stage 4)
     if head == "encoder":
@@ -181,7 +182,7 @@ def describe_state_dict(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def read_state_dict(path: object, what: str) -> tuple[Path, dict[str, torch.Tensor]]:
-    """(path, state dict) of a plain ``torch.save`` file, ``weights_only``; errors start with ``what`` and name the file."""
+    """(path, state dict) of a plain ``torch.save`` file, ``weights_only``; errors start with ``what``, name the file."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{what} must be a path to a state-dict file, got {type(path).__name__}")
     file = Path(path)
