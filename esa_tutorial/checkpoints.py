@@ -200,6 +200,10 @@ def load_state_dict_file(path: PathLike) -> dict[str, torch.Tensor]:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes), expected a state dict saved with torch.save")
     with path.open("rb") as f:
+        if f.read(len(MAGIC)) == MAGIC:
+            raise CheckpointError(f"{path} is a checkpoint written by save_checkpoint, not a plain state dict: "
+                                  "read it with load_checkpoint (a model: esa_tutorial.train.model_from_checkpoint)")
+        f.seek(0)
         state = _torch_load(f, path, "cpu")
     try:
         _check_state_dict(state, "the file")

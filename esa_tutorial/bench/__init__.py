@@ -407,20 +407,30 @@ def plot_shares(rows: Sequence[dict[str, object]], ax=None):  # type: ignore[no-
     return ax
 
 
+LDNET_MODELS = ("paper-sized", "full")
+
+
 def ldnet_training_step(impl: Literal["folded", "reference"], batch: int = 16, size: int = 224,
-                        device: torch.device | str = "cpu", steps: int = 2) -> float:
+                        device: torch.device | str = "cpu", steps: int = 2,
+                        model: Literal["paper-sized", "full"] = "paper-sized") -> float:
     """Seconds of one LDNet training step (forward, loss, backward, SGD step) with ESA's ``impl`` form.
 
-    A paper-sized :class:`~esa_tutorial.LDNet` (``LDNet.paper_sized()``: width
-    64, 8 heads of 64) on ``batch`` random images of ``size`` x ``size``; every
-    ESA layer set to ``impl``. One warm-up step, then the fastest of ``steps``.
+    ``model="paper-sized"``: :meth:`LDNet.paper_sized() <esa_tutorial.LDNet.paper_sized>`
+    (width 64, 8 heads of 64, the small encoder); ``model="full"``:
+    :meth:`LDNet.full() <esa_tutorial.LDNet.full>` (the same on LDNet's
+    Res2Net-50 encoder, 33.4 M parameters). On ``batch`` random images of
+    ``size`` x ``size``; every ESA layer set to ``impl``. One warm-up step,
+    then the fastest of ``steps``.
     """
     from ..nn.ldnet import LDNet  # LDNet pulls in the whole network; only this function needs it
 
+    if model not in LDNET_MODELS:
+        raise ValueError(f"model must be one of {LDNET_MODELS}, got {model!r}")
+    build = LDNet.full if model == "full" else LDNet.paper_sized
     device = torch.device(device)
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(0)  # the CPU generator only, restored by fork_rng
-        model = LDNet.paper_sized(attention="esa").to(device).train()
+        model = build(attention="esa").to(device).train()
     for module in model.modules():
         if isinstance(module, ESA):
             module.impl = impl

@@ -77,6 +77,10 @@ class PolypFolder(Dataset):
     index)`` (call :meth:`set_epoch` each epoch); ``seed=None`` draws it from
     torch's default generator, which DataLoader seeds per worker.
 
+    ``pairs``: explicit ``(image, mask)`` paths for other layouts (the
+    original CVC-ClinicDB, CVC-ColonDB and ETIS archives; see
+    :func:`esa_tutorial.evaluate.find_pairs`) instead of ``root/images`` and ``root/masks``.
+
     Raises at construction: ``FileNotFoundError`` if a folder is missing,
     ``ValueError`` if a folder is empty or an image has no mask (or a mask no
     image). Raises when a sample is read (or for all of them, :meth:`verify`):
@@ -85,7 +89,8 @@ class PolypFolder(Dataset):
     sizes, or an ambiguous mask.
     """
 
-    def __init__(self, root: str | Path, size: int = 224, train: bool = True, seed: int | None = None) -> None:
+    def __init__(self, root: str | Path, size: int = 224, train: bool = True, seed: int | None = None,
+                 pairs: Sequence[tuple[Path, Path]] | None = None) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset root not found: {self.root}")
@@ -94,6 +99,11 @@ class PolypFolder(Dataset):
         self.seed = seed
         self.epoch = 0
         self.recipe = AugmentRecipe.for_size(self.size)
+        if pairs is not None:  # another layout, matched by the caller (esa_tutorial.evaluate.find_pairs)
+            if not pairs:
+                raise ValueError(f"no image/mask pairs given for {self.root}")
+            self.pairs = [(Path(i), Path(m)) for i, m in pairs]
+            return
         for sub, kind in (("images", "image"), ("masks", "mask")):
             if not (self.root / sub).is_dir():
                 raise FileNotFoundError(
