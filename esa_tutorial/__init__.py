@@ -18,7 +18,7 @@ from .nn import (
     ESA, LCA, MHSA, PPM, ESABlock, LCABlock, LDNet, PixelAttention, adaptive_bins, mask_average_pool, num_tokens,
     pooling_matrix, pyramid_pool,
 )
-from .nn import folded  # as esa_tutorial.folded: chapter 8 runs its blocks by hand
+from .nn import folded  # as esa_tutorial.folded: the performance chapter runs its blocks by hand
 from .runtime import check_shape, default_device, seed_everything
 
 from . import data, metrics  # submodules: esa_tutorial.data, esa_tutorial.metrics

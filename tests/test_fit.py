@@ -139,8 +139,38 @@ def test_ldnet_recipe_is_ldnets_code() -> None:
     assert (c.lr, c.momentum, c.weight_decay, c.power, c.epochs, c.batch_size, c.size) == \
         (1e-3, 0.9, 1e-5, 0.9, 80, 16, 224)
     assert (c.schedule, c.targets, c.keep_last_batch, c.augments) == ("per_epoch", "bilinear", True, True)
+    assert c.model == "full" and c.model_kwargs()["encoder"] == "res2net50"
     default = TrainConfig()
     assert (default.schedule, default.targets, default.keep_last_batch) == ("per_step", "area", False)
+
+
+@pytest.mark.slow
+def test_the_train_command_trains_ldnets_whole_network_with_its_recipe(tmp_path: Path, capsys) -> None:
+    """LDNet's recipe on a folder in Kvasir's layout, the full network (Res2Net-50), then evaluate scores it."""
+    import numpy as np
+    from PIL import Image
+
+    from esa_tutorial.evaluate.__main__ import main as evaluate_main
+    from esa_tutorial.train.__main__ import main as train_main
+
+    folder = tmp_path / "kvasir"
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        image = rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)
+        mask = np.zeros((80, 80), np.uint8)
+        mask[20 + i : 50, 15 : 45 + i] = 255
+        Image.fromarray(image).save(folder / "images" / f"{i}.jpg")
+        Image.fromarray(mask).save(folder / "masks" / f"{i}.jpg")
+    result = train_main(["--data", str(folder), "--recipe", "ldnet", "--size", "64", "--epochs", "1",
+                         "--batch-size", "2", "--val-fraction", "0.34", "--device", "cpu", "--no-progress",
+                         "--checkpoint-dir", str(tmp_path / "run")])
+    assert sum(p.numel() for p in result.model.parameters()) == 33_375_608  # LDNet's count
+    assert result.config.schedule == "per_epoch" and len(result.history["step_loss"]) == 2  # 4 images, batch 2
+    capsys.readouterr()
+    evaluate_main([str(tmp_path / "run" / "best.pt"), str(folder), "--device", "cpu"])
+    assert "dice" in capsys.readouterr().out.lower()
 
 
 def test_bilinear_targets_are_halved_in_a_chain_as_in_ldnets_loss() -> None:

@@ -17,7 +17,7 @@ from typing import Sequence
 from ..checkpoints import CheckpointError
 from ..nn.ldnet import ATTENTIONS
 from ..runtime import seed_everything
-from .config import AMP_DTYPES, SCHEDULES, TARGET_RESIZES, TrainConfig, ldnet_recipe, quick_config
+from .config import AMP_DTYPES, MODELS, SCHEDULES, TARGET_RESIZES, TrainConfig, ldnet_recipe, quick_config
 from .distributed import world_from_env
 from .loop import ExperimentResult, TrainingDiverged, check_checkpoint_dir, check_device, run_experiment
 
@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"default {getattr(defaults, name)}")
     for name in ("lr", "momentum", "weight_decay", "power"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, help=f"default {getattr(defaults, name)}")
+    p.add_argument("--model", choices=MODELS,
+                   help="small: the package's small encoder (default); full: LDNet's whole network (Res2Net-50)")
+    p.add_argument("--pretrained-backbone", metavar="FILE",
+                   help="encoder weights to start from (for --model full: ImageNet Res2Net-50 v1b / timm res2net50d)")
     p.add_argument("--attention", choices=ATTENTIONS, help="self-attention on the skips (default esa)")
     p.add_argument("--no-lca", action="store_true", help="drop the lesion-aware cross-attention")
     augment = p.add_mutually_exclusive_group()
@@ -89,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> ExperimentResult:
         check_checkpoint_dir(args.checkpoint_dir)
     except ValueError as err:
         parser.error(str(err))
+    if args.pretrained_backbone is not None and not Path(args.pretrained_backbone).is_file():
+        parser.error(f"--pretrained-backbone: no file at {args.pretrained_backbone!r}")
     if args.resume and not (Path(args.checkpoint_dir) / "last.pt").is_file():
         parser.error(f"--resume: no checkpoint at {Path(args.checkpoint_dir) / 'last.pt'}")
     seed_everything(config.seed)  # a script may seed globally; run_experiment itself never does

@@ -13,6 +13,8 @@ from ..validation import (
 
 AMP_DTYPES = ("fp16", "bf16")
 SCHEDULES = ("per_step", "per_epoch")
+MODELS = ("small", "full")
+PAPER_SIZES = dict(width=64, heads=8, dim_head=64, mlp_dim=512)  # LDNet.paper_sized's, for model="full"
 TARGET_RESIZES = ("area", "bilinear")
 
 
@@ -48,6 +50,8 @@ class TrainConfig:
     n_train: int = 800
     n_val: int = 200
     size: int = 224
+    model: str = "small"
+    pretrained_backbone: str | None = None
     width: int = 16
     heads: int = 2
     dim_head: int = 16
@@ -83,6 +87,9 @@ class TrainConfig:
         if self.size % 32:
             raise ValueError(f"size must be a multiple of 32 (LDNet's encoder stride), got {self.size}")
         check_choice("attention", self.attention, ATTENTIONS)
+        check_choice("model", self.model, MODELS)
+        if self.pretrained_backbone is not None and not isinstance(self.pretrained_backbone, str):
+            raise ValueError(f"pretrained_backbone must be a path (str) or None, got {self.pretrained_backbone!r}")
         check_finite("lr", self.lr, 0.0, strict=True)
         for name in ("momentum", "weight_decay", "power"):
             check_finite(name, getattr(self, name), 0.0)
@@ -104,9 +111,17 @@ class TrainConfig:
         return self.data is not None if self.augment is None else bool(self.augment)
 
     def model_kwargs(self) -> dict[str, Any]:
-        """Arguments of :class:`~esa_tutorial.nn.ldnet.LDNet` for this run."""
-        return dict(width=self.width, heads=self.heads, dim_head=self.dim_head, mlp_dim=self.mlp_dim,
-                    attention=self.attention, use_lca=self.use_lca)
+        """Arguments of :class:`~esa_tutorial.nn.ldnet.LDNet` for this run (without ``pretrained_backbone``).
+
+        ``model="small"``: the package's small encoder at ``width``, ``heads``,
+        ``dim_head``, ``mlp_dim``. ``model="full"``: LDNet's whole network
+        (:meth:`~esa_tutorial.nn.ldnet.LDNet.full`: Res2Net-50 and LDNet's sizes;
+        the four size fields are not used).
+        """
+        sizes = PAPER_SIZES if self.model == "full" else dict(width=self.width, heads=self.heads,
+                                                              dim_head=self.dim_head, mlp_dim=self.mlp_dim)
+        encoder = dict(encoder="res2net50") if self.model == "full" else {}
+        return dict(**sizes, attention=self.attention, use_lca=self.use_lca, **encoder)
 
     def recipe(self) -> dict[str, Any]:
         """The fields that decide the result (all but the runtime ones)."""
@@ -146,10 +161,10 @@ def ldnet_recipe(**overrides: Any) -> TrainConfig:
     (power 0.9) stepped once per epoch; 80 epochs of batches of 16 with the
     last partial batch kept; 224x224 crops from images resized to 256 with
     flips, rotation and zoom; each coarser output's target halved bilinearly
-    (``align_corners=True``), chained. The model is the config's (the
-    package's small LDNet unless overridden). Anything can be overridden by keyword.
+    (``align_corners=True``), chained. The model is LDNet's whole network
+    (``model="full"``; ``pretrained_backbone`` names ImageNet Res2Net-50 weights). Anything can be overridden by keyword.
     """
-    settings: dict[str, Any] = dict(size=224, epochs=80, batch_size=16, lr=1e-3, momentum=0.9, weight_decay=1e-5,
+    settings: dict[str, Any] = dict(model="full", size=224, epochs=80, batch_size=16, lr=1e-3, momentum=0.9, weight_decay=1e-5,
                                     power=0.9, schedule="per_epoch", targets="bilinear", keep_last_batch=True,
                                     augment=True)
     return TrainConfig(**{**settings, **overrides})

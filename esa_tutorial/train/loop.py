@@ -95,7 +95,7 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 def build_model(config: TrainConfig, device: torch.device) -> LDNet:
     """LDNet of ``config``, its weights drawn from ``config.seed`` (global random state untouched)."""
     with seeded(config.seed, device):
-        return LDNet(**config.model_kwargs()).to(device)
+        return LDNet(**config.model_kwargs(), pretrained_backbone=config.pretrained_backbone).to(device)
 
 
 def make_datasets(config: TrainConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
