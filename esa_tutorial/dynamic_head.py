@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from .blocks import mask_average_pool
-from .validation import check_feature_map, check_positive_int
+from .validation import check_feature_map, check_kernel_size, check_positive_int
 
 
 def dynamic_conv(features: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -51,7 +51,7 @@ class KernelGenerator(nn.Module):
     def __init__(self, top_channels: int, dim: int, kernel_size: int = 1) -> None:
         super().__init__()
         self.dim = check_positive_int("dim", dim)
-        self.kernel_size = check_positive_int("kernel_size", kernel_size)
+        self.kernel_size = check_kernel_size(kernel_size)
         # LDNet uses 16 groups at 512 channels; gcd keeps narrow widths valid.
         self.context = nn.Sequential(
             nn.GroupNorm(math.gcd(16, top_channels), top_channels),

@@ -7,6 +7,7 @@ instead of a stack trace from deep inside torch.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence, TypeVar
 
 import torch
@@ -18,6 +19,33 @@ def check_positive_int(name: str, value: object) -> int:
     """Return ``value`` if it is an int >= 1, else raise ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_int_range(name: str, value: object, low: int, high: int) -> int:
+    """Return ``value`` if it is an int in [low, high], else raise ``ValueError`` naming the range.
+
+    The upper bound keeps a value such as ``10**20`` from reaching torch, which
+    would fail deep inside with an overflow instead of naming the option.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def check_float_range(name: str, value: object, low: float, high: float, *, low_open: bool = False) -> float:
+    """Return ``value`` as a float if it is finite and in [low, high] ((low, high] with ``low_open``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value > high or (value <= low if low_open else value < low):
+        left = "(" if low_open else "["
+        raise ValueError(f"{name} must be a finite number in {left}{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+def check_kernel_size(value: object) -> int:
+    """Return ``value`` if it is an odd int >= 1: an even kernel cannot keep the map's size with symmetric padding."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd integer (1, 3, 5, ...), got {value!r}")
     return value
 
 
@@ -57,6 +85,10 @@ def check_feature_map(x: object, channels: int | None, who: str) -> torch.Tensor
     expected = f"(B, C, H, W) with C={channels}" if channels is not None else "(B, C, H, W)"
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{who} expects a torch.Tensor {expected}, got {type(x).__name__}")
+    if x.is_nested or x.layout != torch.strided or x.is_quantized:
+        kind = "nested" if x.is_nested else "quantized" if x.is_quantized else str(x.layout).replace("torch.", "")
+        raise TypeError(f"{who} expects a dense (strided) floating-point tensor, got a {kind} tensor; "
+                        "convert it first, e.g. x.to_dense() or x.dequantize()")
     if x.dim() != 4 or (channels is not None and x.shape[1] != channels):
         raise ValueError(f"{who} expects {expected}, got {tuple(x.shape)}")
     if x.numel() == 0:

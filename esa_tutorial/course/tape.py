@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
-import io
 import numbers
 import warnings
-import zipfile
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
+
+from ..checkpoints import CheckpointError, stored_zip
 
 MAX_ITEMS = 10_000  # containers and tensors above this are not taped (an answer here is small)
 MAX_TEXT = 2_000
@@ -193,32 +193,16 @@ def load(data: bytes, max_bytes: int) -> list:
     The sandbox can rewrite its tapes, so nothing in ``data`` is trusted. Before
     anything is loaded: a zip of at most :data:`MAX_ZIP_ENTRIES` stored (never
     compressed) members of at most ``max_bytes`` together, copied into a fresh
-    zip so that torch reads exactly what was checked. After ``torch.load``
+    zip so that torch reads exactly what was checked
+    (:func:`esa_tutorial.checkpoints.stored_zip`). After ``torch.load``
     (``weights_only``: no code): a list of at most :data:`MAX_TAPE_ITEMS`
     numbers, strings, containers and dense tensors that own their elements
     (no stride-0 views, at most :data:`MAX_TENSOR` elements each).
     """
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        members = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise TapeError(f"not a tape file ({exc})") from None
-    if not members or len(members) > MAX_ZIP_ENTRIES:
-        raise TapeError(f"a tape file has 1 to {MAX_ZIP_ENTRIES} members, this one {len(members)}")
-    packed = [m for m in members if m.compress_type != zipfile.ZIP_STORED]
-    if packed:
-        raise TapeError(f"compressed member {packed[0].filename!r}: tapes are written uncompressed")
-    if sum(m.file_size for m in members) > max_bytes:
-        raise TapeError(f"its members hold more than {max_bytes} bytes")
-    fresh = io.BytesIO()
-    try:
-        with zipfile.ZipFile(fresh, "w", zipfile.ZIP_STORED) as out:
-            for m in members:
-                with archive.open(m) as f:
-                    out.writestr(m.filename, f.read(max_bytes + 1))
-    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError) as exc:
-        raise TapeError(f"a damaged tape file ({exc})") from None
-    fresh.seek(0)
+        fresh = stored_zip(data, "the tape", max_bytes, MAX_ZIP_ENTRIES)
+    except CheckpointError as exc:
+        raise TapeError(str(exc).replace("the tape ", "", 1)) from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a forged tape may warn before it fails

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..ldnet import ATTENTIONS
+from ..validation import check_float_range, check_int_range
 
 AMP_DTYPES = ("fp16", "bf16")
 
@@ -23,6 +24,11 @@ def _finite(name: str, value: Any, low: float, *, strict: bool) -> None:
     if not ok or (value <= low if strict else value < low):
         bound = f"> {low:g}" if strict else f">= {low:g}"
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+# Upper bounds of the numeric options: far beyond any sensible run, below what torch cannot represent.
+UPPER = dict(n_train=10**7, n_val=10**7, size=8192, width=1024, heads=256, dim_head=1024, mlp_dim=65536,
+             epochs=10**6, batch_size=65536, lr=10.0, momentum=1.0, weight_decay=1.0, power=100.0)
 
 
 @dataclass
@@ -74,6 +80,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("n_train", "n_val", "size", "width", "heads", "dim_head", "mlp_dim", "epochs", "batch_size"):
             _positive_int(name, getattr(self, name))
+            check_int_range(name, getattr(self, name), 1, UPPER[name])  # 10**20 would overflow inside torch
         if self.size % 32:
             raise ValueError(f"size must be a multiple of 32 (LDNet's encoder stride), got {self.size}")
         if self.attention not in ATTENTIONS:
@@ -81,6 +88,8 @@ class TrainConfig:
         _finite("lr", self.lr, 0.0, strict=True)
         for name in ("momentum", "weight_decay", "power"):
             _finite(name, getattr(self, name), 0.0, strict=False)
+        for name in ("lr", "momentum", "weight_decay", "power"):
+            check_float_range(name, getattr(self, name), 0.0, UPPER[name])  # 1e308 overflows a float32
         if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction < 1):
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
