@@ -30,17 +30,26 @@ from . import (
 )
 
 
+MAX_INT, MAX_FLOAT = 100_000, 1e6  # far beyond any benchmark here; 10**20 would overflow inside torch
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 1 <= value <= MAX_INT:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_INT}, got {text}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value) or not 0 < value <= MAX_FLOAT:
+        raise argparse.ArgumentTypeError(f"must be a finite number in (0, {MAX_FLOAT:g}], got {text}")
     return value
 
 

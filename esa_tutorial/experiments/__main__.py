@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.steps is not None and args.steps < 1:
-        parser.error(f"--steps must be at least 1, got {args.steps}")
+    if args.steps is not None and not 1 <= args.steps <= 10**7:
+        parser.error(f"--steps must be an integer from 1 to 10000000, got {args.steps}")
     bad_seeds = [s for s in args.seeds if not 0 <= s < 2**32]
     if bad_seeds:
         parser.error(f"--seeds must lie in [0, 2**32), got {bad_seeds}")
