@@ -20,7 +20,6 @@ from __future__ import annotations
 import ast
 import builtins
 import csv
-import io
 import json
 import os
 import re
@@ -30,7 +29,6 @@ import stat
 import sys
 import tempfile
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
