@@ -291,7 +291,7 @@ def test_cli_exits_non_zero_on_divergence(tmp_path: Path, capsys) -> None:
         (["--width", "99999999999999999999"], "width must be an integer from 1 to 1024"),
         (["--n-train", "99999999999999999999"], "n_train must be an integer from 1 to 10000000"),
         (["--epochs", "99999999999999999999"], "epochs must be an integer from 1 to 1000000"),
-        (["--lr", "1e308"], r"lr must be a finite number in \[0, 10\], got 1e\+308"),
+        (["--lr", "1e308"], r"lr must be a finite number in \[0, 1e\+06\], got 1e\+308"),
         (["--momentum", "5"], r"momentum must be a finite number in \[0, 1\]"),
     ],
 )

@@ -28,7 +28,7 @@ def _finite(name: str, value: Any, low: float, *, strict: bool) -> None:
 
 # Upper bounds of the numeric options: far beyond any sensible run, below what torch cannot represent.
 UPPER = dict(n_train=10**7, n_val=10**7, size=8192, width=1024, heads=256, dim_head=1024, mlp_dim=65536,
-             epochs=10**6, batch_size=65536, lr=10.0, momentum=1.0, weight_decay=1.0, power=100.0)
+             epochs=10**6, batch_size=65536, lr=1e6, momentum=1.0, weight_decay=1.0, power=100.0)
 
 
 @dataclass
