@@ -426,3 +426,18 @@ def test_a_stopped_grader_kills_its_sandboxes_and_removes_its_folders(tmp_path):
     proc.terminate()
     assert proc.wait(timeout=30) != 0
     assert list(scratch.glob("esa-grade-*")) == []
+
+
+def test_folders_of_a_killed_grading_run_are_removed_at_the_next_start(tmp_path):
+    # R2: an OOM-killed run left /tmp/esa-grade-* with plan.json (the hidden tests) behind.
+    dead = tmp_path / "esa-grade-99999999-abc123"  # above any pid_max: no such process
+    (dead / "box-x").mkdir(parents=True)
+    (dead / "box-x" / "plan.json").write_text("hidden tests")
+    dead_probe = tmp_path / "esa-grade-probe-99999999-def456"
+    dead_probe.mkdir()
+    alive = tmp_path / f"esa-grade-{os.getpid()}-ghi789"  # a run in progress
+    alive.mkdir()
+    other = tmp_path / "esa-grade-notes"
+    other.mkdir()
+    assert sorted(grading.sweep_stale(tmp_path)) == sorted([dead, dead_probe])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name])

@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{hidden} holds the Python environment or the package the grader runs; "
                          "put the submissions and the instructor's notebooks in folders of their own")
     limits = sandbox.Limits(seconds=args.timeout, memory_mb=args.memory_mb)
+    for stale in grading.sweep_stale():
+        print(f"removed {stale}, left by a grading run that was killed", file=sys.stderr)
     if args.unsafe_no_sandbox:
         mode = None
         print("warning: --unsafe-no-sandbox: submissions run with your permissions and see your files",
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{note}. Grading runs students' code, so it refuses to run without a sandbox; "
                          "pass --unsafe-no-sandbox only for code you trust")
         print(f"grading in bubblewrap sandboxes: {note}", file=sys.stderr)
-    workdir = Path(tempfile.mkdtemp(prefix="esa-grade-"))
+    workdir = grading.work_folder()
     os.chmod(workdir, 0o711)  # the sandbox's user must reach its own folder in here, and list nothing
     # A stop (kill PID, a closed terminal) ends the run like Ctrl-C: sandboxes killed, folders removed.
     in_main = threading.current_thread() is threading.main_thread()  # only there can handlers be set

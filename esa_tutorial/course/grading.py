@@ -320,6 +320,32 @@ def run_plan(the_plan: dict[str, Any], setup: Setup, ids: list[str]) -> tuple[sa
         (box.parent / f"{box.name}.log").unlink(missing_ok=True)
 
 
+def work_folder(kind: str = "") -> Path:
+    """A fresh private folder for a grading run, named with this process's id (see :func:`sweep_stale`)."""
+    return Path(tempfile.mkdtemp(prefix=f"esa-grade-{kind}{os.getpid()}-"))
+
+
+def sweep_stale(folder: Path | None = None) -> list[Path]:
+    """Remove the work folders of grading runs that were killed (``kill -9``, out of memory) before they could.
+
+    A folder counts as stale when the process named in it no longer runs and
+    it belongs to this user; it may hold the hidden tests of a plan. Returns the folders removed.
+    """
+    removed = []
+    for path in Path(folder or tempfile.gettempdir()).glob("esa-grade-*"):
+        match = re.fullmatch(r"esa-grade-(?:probe-)?(\d+)-\w+", path.name)
+        try:
+            if not match or path.is_symlink() or path.stat().st_uid != os.geteuid():
+                continue
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            remove_tree(path)
+            removed.append(path)
+        except (OSError, OverflowError):
+            continue  # alive under another user, or unreadable: not ours to remove
+    return removed
+
+
 def remove_tree(path: Path) -> None:
     """``rm -rf path``, also where the sandbox took the permissions away from its own folders."""
 
@@ -353,10 +379,13 @@ PROBE_SECONDS = 180.0
 
 def _round_trip(mode: sandbox.Mode, limits: sandbox.Limits) -> str | None:
     """Grade :data:`_PROBE_PLAN` in ``mode``; None if its answer came back, else why not."""
-    with tempfile.TemporaryDirectory(prefix="esa-grade-probe-") as tmp:
+    tmp = work_folder("probe-")
+    try:
         os.chmod(tmp, 0o711)  # the sandbox's user must reach its folder in here
-        setup = Setup(limits=limits, hide=(), workdir=Path(tmp), mode=mode)
+        setup = Setup(limits=limits, hide=(), workdir=tmp, mode=mode)
         outcome, tapes = run_plan(_PROBE_PLAN, setup, ["probe"])
+    finally:
+        remove_tree(tmp)
     recorded = tapes["probe"]
     if isinstance(recorded, list) and recorded and recorded[0].get("value") == 42:
         return None
