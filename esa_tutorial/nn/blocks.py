@@ -20,7 +20,6 @@ from ..validation import (
     check_dropout,
     check_feature_map,
     check_positive_int,
-    check_same_dtype,
 )
 
 MASK_EPS = 5e-4  # LDNet's epsilon: keeps an all-background mask from dividing by zero
@@ -115,16 +114,11 @@ class LCA(PixelAttention):
         (mask_logits,) = context
         return mask_average_pool(t, mask_logits)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise a clear error unless ``x`` is (B, dim, H, W) in the module's dtype (autocast allowed)."""
-        check_feature_map(x, self.dim, "LCA")
-        check_same_dtype(x, self.to_qkv.weight, "LCA")
-
     def forward(self, x: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """(B, C, H, W), (B, 1, H, W) -> (B, H*W, C)."""
         self.check_input(x)
         check_mask_logits(mask_logits, x, "LCA")
-        return self.forward_reference(x, mask_logits)
+        return self._reference(x, mask_logits)
 
 
 class _TokenBlock(nn.Module):
