@@ -122,3 +122,31 @@ def check_same_dtype(x: torch.Tensor, weight: torch.Tensor, who: str) -> None:
 def autocast_enabled(device_type: str) -> bool:
     """Whether ``torch.autocast`` is on for ``device_type``; False where there is none (``meta``)."""
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def check_mask_logits(mask_logits: object, x: torch.Tensor, who: str) -> torch.Tensor:
+    """Check that ``mask_logits`` is a floating (B, 1, H, W) tensor matching ``x`` (B, C, H, W).
+
+    Rule for masks that are not logits: bool and integer tensors are refused,
+    because a sigmoid of 0/1 gives 0.5/0.73, not a mask. Pass logits instead,
+    e.g. ``torch.where(mask, 10.0, -10.0)``. A float dtype other than ``x``'s
+    is refused too (outside autocast), instead of silently promoting.
+    """
+    b, _, h, w = x.shape
+    if not isinstance(mask_logits, torch.Tensor) or tuple(mask_logits.shape) != (b, 1, h, w):
+        got = tuple(mask_logits.shape) if isinstance(mask_logits, torch.Tensor) else type(mask_logits).__name__
+        raise ValueError(f"{who} expects mask logits of shape {(b, 1, h, w)}, got {got}")
+    if not mask_logits.is_floating_point():
+        raise TypeError(
+            f"{who} expects floating-point mask logits (a sigmoid is applied to them), got "
+            f"{mask_logits.dtype}; a 0/1 mask is not logits: pass e.g. torch.where(mask, 10.0, -10.0)"
+        )
+    autocast = autocast_enabled(x.device.type)
+    if mask_logits.dtype != x.dtype and not autocast:
+        raise TypeError(
+            f"{who}: the features are {x.dtype} but the mask logits are {mask_logits.dtype}; "
+            f"convert the mask, e.g. mask_logits.to({x.dtype})"
+        )
+    if mask_logits.device != x.device:
+        raise ValueError(f"{who}: the features are on {x.device} but the mask logits on {mask_logits.device}")
+    return mask_logits

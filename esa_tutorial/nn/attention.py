@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..validation import check_dropout, check_feature_map, check_positive_int, check_same_dtype
+from ..validation import check_dropout, check_feature_map, check_mask_logits, check_positive_int, check_same_dtype
+from .ppm import mask_average_pool
 
 
 class PixelAttention(nn.Module):
@@ -121,3 +122,22 @@ class MHSA(PixelAttention):
 
     def tokens(self, t: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
         return t.flatten(2)
+
+
+class LCA(PixelAttention):
+    """Lesion-aware cross-attention: pixels attend to the mask-pooled lesion token.
+
+    (B, C, H, W) features and (B, 1, H, W) mask logits -> (B, H*W, C).
+    Keys and values are one token each, so the softmax over them is exactly 1:
+    a chapter of the book shows what that means for the queries.
+    """
+
+    def tokens(self, t: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
+        (mask_logits,) = context
+        return mask_average_pool(t, mask_logits)
+
+    def forward(self, x: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """(B, C, H, W), (B, 1, H, W) -> (B, H*W, C)."""
+        self.check_input(x)
+        check_mask_logits(mask_logits, x, "LCA")
+        return self._reference(x, mask_logits)

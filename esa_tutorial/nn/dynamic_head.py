@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .blocks import mask_average_pool
+from .ppm import mask_average_pool
 from ..validation import check_choice, check_feature_map, check_positive_int
 
 
@@ -80,7 +80,7 @@ def lesion_feature(features: torch.Tensor, prev_logits: torch.Tensor, pooling: P
     ``HeadUpdator.forward``): ``f = sum_p m_p F_p``. The lesion feature grows
     with the predicted area and with the image size.
     ``"mean"``: ``f = sum_p m_p F_p / (sum_p m_p + 5e-4)``, the area-free
-    average that :func:`~esa_tutorial.nn.blocks.mask_average_pool` computes.
+    average that :func:`~esa_tutorial.nn.ppm.mask_average_pool` computes.
     """
     check_choice("pooling", pooling, POOLINGS)
     check_feature_map(features, None, "lesion_feature")

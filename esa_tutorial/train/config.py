@@ -115,7 +115,7 @@ class TrainConfig:
 
         ``model="small"``: the package's small encoder at ``width``, ``heads``,
         ``dim_head``, ``mlp_dim``. ``model="full"``: LDNet's whole network
-        (:meth:`~esa_tutorial.nn.ldnet.LDNet.full`: Res2Net-50 and LDNet's sizes;
+        (:meth:`~esa_tutorial.LDNet.full`: Res2Net-50 and LDNet's sizes;
         the four size fields are not used).
         """
         sizes = PAPER_SIZES if self.model == "full" else dict(width=self.width, heads=self.heads,
