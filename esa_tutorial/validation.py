@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Sequence, TypeVar
 
+import numpy as np
 import torch
 
 T = TypeVar("T")
@@ -150,3 +151,12 @@ def check_mask_logits(mask_logits: object, x: torch.Tensor, who: str) -> torch.T
     if mask_logits.device != x.device:
         raise ValueError(f"{who}: the features are on {x.device} but the mask logits on {mask_logits.device}")
     return mask_logits
+
+
+def check_index(i: object, n: int) -> int:
+    """Python-style index into ``n`` items (negative counts from the end)."""
+    if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+        raise TypeError(f"index must be an integer, got {type(i).__name__}")
+    if not -n <= i < n:
+        raise IndexError(f"index {i} out of range for a dataset of {n} samples")
+    return int(i) % n
