@@ -9,8 +9,9 @@ A checkpoint file is a short text header followed by a ``torch.save`` payload::
 
 ``torch.save``'s zip container does not verify its own CRCs when it loads, so
 a flipped byte in the weights would load silently; the checksum catches it.
-Files are written to a temporary file in the same folder and renamed into
-place, so a crash or a full disk leaves the previous checkpoint intact.
+Files are written through :func:`esa_tutorial.files.atomic_write` (a synced
+temporary file renamed into place), so a crash or a full disk leaves the
+previous checkpoint intact.
 Loading uses ``torch.load(weights_only=True)``: a payload can hold tensors,
 numbers, strings and plain containers, never code.
 
@@ -32,12 +33,13 @@ import io
 import os
 import pickle
 import stat
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Union
 
 import torch
+
+from .files import atomic_write_bytes
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -50,26 +52,6 @@ MAX_ZIP_MEMBERS = 100_000
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and the problem."""
-
-
-def atomic_write_bytes(data: bytes, path: PathLike) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    The rename is atomic on POSIX and Windows: readers see the old file or the
-    new one, never half of one. The temporary file is removed on any error.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_state_dict(state: Any, what: str, action: str = "load") -> None:
@@ -242,9 +224,13 @@ def stored_zip(data: bytes, path: PathLike, max_bytes: int = MAX_FILE_BYTES,
     torch writes its zips uncompressed; a compressed member could inflate to
     any size, so it is refused, as are more than ``max_members`` members or
     more than ``max_bytes`` in all. The copy holds exactly the members that
-    Python's ``zipfile`` read, so torch's reader cannot see others. Raises a
+    Python's ``zipfile`` read, so torch's reader cannot see others. Bytes that
+    are not a zip pass unchanged: torch's legacy format (before torch 1.6, as
+    some published weights are) has no compression. Raises a
     :class:`CheckpointError` naming ``path``.
     """
+    if not data.startswith(b"PK"):
+        return io.BytesIO(data)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         members = archive.infolist()
@@ -282,6 +268,9 @@ def load_state_dict_file(path: PathLike) -> dict[str, torch.Tensor]:
     raw = read_regular_file(path, MAX_FILE_BYTES, "state-dict file")
     if not raw:
         raise CheckpointError(f"{path} is empty (0 bytes), expected a state dict saved with torch.save")
+    if raw.startswith(MAGIC):
+        raise CheckpointError(f"{path} is a checkpoint written by save_checkpoint, not a plain state dict: "
+                              "read it with load_checkpoint (a model: esa_tutorial.train.model_from_checkpoint)")
     state = _torch_load(stored_zip(raw, path), path, "cpu")
     try:
         _check_state_dict(state, "the file")

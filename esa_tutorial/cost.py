@@ -22,11 +22,13 @@ such as ``FlopCounterMode`` would not see.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .attention import PixelAttention
+from .nn.attention import PixelAttention
 
 
 def flops_by_operator(module: nn.Module, *inputs: torch.Tensor) -> dict[str, int]:
@@ -60,3 +62,32 @@ def attention_matrix_bytes(module: PixelAttention, x: torch.Tensor, *context: to
     with torch.no_grad():
         attn, _ = module.attention(x, *context)
     return attn.numel() * attn.element_size()
+
+
+def saved_for_backward_bytes(module: nn.Module, x: torch.Tensor, *, weights_and_input: bool = True) -> int:
+    """Bytes the autograd graph keeps for backward after one training forward of ``x``.
+
+    Each storage is counted once (tensors saved twice, or as views, share one).
+    ``weights_and_input=False`` leaves out the parameters' and the input's
+    storages, which exist whether or not one trains: what is left is the
+    activations memory that grows with batch and image size. This is what
+    dominates training memory; unlike the process's peak memory it can be
+    measured the same way on a CPU and repeats exactly. Runs on a copy of
+    ``module`` in training mode, so batch-norm statistics stay untouched.
+    """
+    probe = copy.deepcopy(module).train()
+    skip = set() if weights_and_input else {p.untyped_storage().data_ptr() for p in probe.parameters()} | {
+        x.untyped_storage().data_ptr()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in skip:
+            storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        outputs = probe(x)
+    del outputs
+    return sum(storages.values())
+

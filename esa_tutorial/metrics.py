@@ -53,13 +53,14 @@ def _check_masks(pred: torch.Tensor, target: torch.Tensor, who: str) -> None:
 def confusion(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
     """Pixel counts per image of binary masks (B, 1, H, W) or (B, H, W).
 
-    Returns ``{"tp", "fp", "fn", "tn"}``, each float64 (B,).
+    Returns ``{"tp", "fp", "fn", "tn"}``, each int64 (B,) on the masks' device
+    (integer counts work on every device; MPS has no float64).
     """
     _check_masks(pred, target, "confusion")
     if ((pred != 0) & (pred != 1)).any():
         raise ValueError("confusion expects a binary prediction; threshold probabilities first")
     p, t = pred.flatten(1).bool(), target.flatten(1).bool()
-    count = lambda m: m.sum(dim=1, dtype=torch.float64)  # noqa: E731
+    count = lambda m: m.sum(dim=1, dtype=torch.int64)  # noqa: E731
     return {"tp": count(p & t), "fp": count(p & ~t), "fn": count(~p & t), "tn": count(~p & ~t)}
 
 
@@ -69,8 +70,8 @@ def _ratio(num: torch.Tensor, den: torch.Tensor, exact: torch.Tensor) -> torch.T
 
 
 def scores_from_confusion(c: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Every metric of the module docstring, per image (float64 (B,)), from :func:`confusion` counts."""
-    tp, fp, fn, tn = c["tp"], c["fp"], c["fn"], c["tn"]
+    """Every metric of the module docstring, per image (float64 (B,), on the CPU), from :func:`confusion` counts."""
+    tp, fp, fn, tn = (c[k].cpu().double() for k in ("tp", "fp", "fn", "tn"))  # exact for counts below 2**53
     exact = (fp == 0) & (fn == 0)
     out = {
         "recall": _ratio(tp, tp + fn, exact),
@@ -131,7 +132,8 @@ def segmentation_scores(probs: torch.Tensor, target: torch.Tensor, threshold: fl
     _check_masks(probs, target, "segmentation_scores")
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must lie in (0, 1), got {threshold!r}")
-    probs = probs.detach().double()
+    probs = probs.detach()
+    probs = probs if probs.dtype == torch.float64 else probs.float()  # float64 where given; MPS has none
     finite = torch.isfinite(probs)
     if not bool(finite.all()):
         # NaN compares False with everything: unchecked it would be scored as background.

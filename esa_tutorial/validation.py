@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Sequence, TypeVar
 
+import numpy as np
 import torch
 
 T = TypeVar("T")
@@ -49,11 +50,36 @@ def check_kernel_size(value: object) -> int:
     return value
 
 
-def check_seed(value: object) -> int:
-    """Return ``value`` if it is an int >= 0 (a seed), else raise ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {value!r}")
+SEED_LIMIT = 2**32  # NumPy's seeds (seed_everything seeds NumPy too) lie in [0, 2**32)
+
+
+def check_seed(value: object, name: str = "seed") -> int:
+    """Return ``value`` if it is an int in [0, 2**32) (a seed every generator accepts), else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{name} must be an integer in [0, 2**32), got {value!r}")
     return value
+
+
+def check_non_negative_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an int >= 0, else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def check_finite(name: str, value: object, low: float | None = None, *, strict: bool = False) -> float:
+    """Return ``value`` as a float if it is a finite real number (``> low`` if ``strict``, else ``>= low``).
+
+    Else ``ValueError`` naming ``name``, the bound and the value: NaN, inf, bools and
+    strings are refused (a NaN learning rate would silently turn every weight into NaN).
+    """
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if strict else value >= low  # type: ignore[operator]
+    if not ok:
+        bound = "" if low is None else (f" > {low:g}" if strict else f" >= {low:g}")
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
 
 
 def check_dropout(value: object) -> float:
@@ -128,3 +154,40 @@ def check_same_dtype(x: torch.Tensor, weight: torch.Tensor, who: str) -> None:
 def autocast_enabled(device_type: str) -> bool:
     """Whether ``torch.autocast`` is on for ``device_type``; False where there is none (``meta``)."""
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def check_mask_logits(mask_logits: object, x: torch.Tensor, who: str) -> torch.Tensor:
+    """Check that ``mask_logits`` is a floating (B, 1, H, W) tensor matching ``x`` (B, C, H, W).
+
+    Rule for masks that are not logits: bool and integer tensors are refused,
+    because a sigmoid of 0/1 gives 0.5/0.73, not a mask. Pass logits instead,
+    e.g. ``torch.where(mask, 10.0, -10.0)``. A float dtype other than ``x``'s
+    is refused too (outside autocast), instead of silently promoting.
+    """
+    b, _, h, w = x.shape
+    if not isinstance(mask_logits, torch.Tensor) or tuple(mask_logits.shape) != (b, 1, h, w):
+        got = tuple(mask_logits.shape) if isinstance(mask_logits, torch.Tensor) else type(mask_logits).__name__
+        raise ValueError(f"{who} expects mask logits of shape {(b, 1, h, w)}, got {got}")
+    if not mask_logits.is_floating_point():
+        raise TypeError(
+            f"{who} expects floating-point mask logits (a sigmoid is applied to them), got "
+            f"{mask_logits.dtype}; a 0/1 mask is not logits: pass e.g. torch.where(mask, 10.0, -10.0)"
+        )
+    autocast = autocast_enabled(x.device.type)
+    if mask_logits.dtype != x.dtype and not autocast:
+        raise TypeError(
+            f"{who}: the features are {x.dtype} but the mask logits are {mask_logits.dtype}; "
+            f"convert the mask, e.g. mask_logits.to({x.dtype})"
+        )
+    if mask_logits.device != x.device:
+        raise ValueError(f"{who}: the features are on {x.device} but the mask logits on {mask_logits.device}")
+    return mask_logits
+
+
+def check_index(i: object, n: int) -> int:
+    """Python-style index into ``n`` items (negative counts from the end)."""
+    if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+        raise TypeError(f"index must be an integer, got {type(i).__name__}")
+    if not -n <= i < n:
+        raise IndexError(f"index {i} out of range for a dataset of {n} samples")
+    return int(i) % n

@@ -1,6 +1,6 @@
 """The tests' float64 oracle: an independent, deliberately plain implementation of ESA and MHSA.
 
-Written differently from ``esa_tutorial.esa`` on purpose: explicit bin
+Written differently from ``esa_tutorial.nn.esa`` on purpose: explicit bin
 sums instead of ``adaptive_avg_pool2d``, a Python loop over heads, an explicit
 exp/sum softmax, and float64 throughout. It is slow and only for small inputs.
 """
@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from esa_tutorial.ppm import adaptive_bins
+from esa_tutorial.nn.ppm import adaptive_bins
 
 
 def naive_pyramid_pool(x: torch.Tensor, pooling_sizes: Sequence[int] = (1, 3, 5)) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 from einops import rearrange
 
 from esa_tutorial import ESA, LDNet
-from esa_tutorial.attention_maps import (
+from esa_tutorial.book.attention_maps import (
     attention_weights,
     block_inputs,
     effective_pixel_weights,

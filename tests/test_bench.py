@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from esa_tutorial import ESA
+from esa_tutorial import ESA, folded
 from esa_tutorial.bench import (
     BREAKDOWN_PARTS, DIM_HEAD, HEADS, LDNET_SHAPES, VARIANTS, Record, attention_matrix_gb, build, format_speedup_table,
-    format_table, forward_breakdown, pixel_product_flops, plot, plot_shares, run_benchmark, saved_for_backward_mb,
-    speedup_table, variant_flops,
+    format_table, forward_breakdown, ldnet_training_step, pixel_product_flops, plot, plot_shares, run_benchmark,
+    saved_for_backward_mb, speedup_table, variant_flops,
 )
 from esa_tutorial.bench.__main__ import main
 
@@ -123,11 +123,26 @@ def test_saved_for_backward_folded_keeps_no_scores():
     assert fold < ref / 10
 
 
-def test_forward_breakdown_parts_add_up_to_the_whole():
-    parts = forward_breakdown((1, 16, 12, 12), min_run_time=0.001)
+def test_forward_breakdown_times_the_pieces_the_forward_runs():
+    """The timed block functions, run over every block, give the folded forward's output."""
+    shape = (2, 16, 12, 12)
+    parts = forward_breakdown(shape, min_run_time=0.001)
     assert set(parts) == set(BREAKDOWN_PARTS) | {"whole"}
     assert all(parts[p] > 0 for p in BREAKDOWN_PARTS[:-1])
-    assert sum(parts[p] for p in BREAKDOWN_PARTS) == pytest.approx(parts["whole"])
+    torch.manual_seed(0)
+    esa = ESA(16, heads=2, dim_head=8).eval()
+    x = torch.randn(shape)
+    pixels = x.flatten(2)
+    with torch.no_grad():
+        a, vo = esa.folded_weights(x)
+        keys, exp2 = folded.score_keys(a)
+        out = torch.empty(shape[0], pixels.shape[-1], 16)
+        for imgs, px in folded.blocks(shape[0], pixels.shape[-1], x.device, rows=50):  # several blocks
+            p = folded.block_probabilities(pixels[imgs, :, px], keys[imgs], esa.heads, exp2)
+            out[imgs, px] = folded.block_output(p, vo[imgs], esa.to_out[0].bias)
+        torch.testing.assert_close(out, esa.forward_folded(x), rtol=1e-5, atol=1e-6)
+        esa.impl = "reference"
+        torch.testing.assert_close(out, esa(x), rtol=1e-4, atol=1e-5)
 
 
 def test_main_writes_json_and_plots(tmp_path, capsys):
@@ -199,3 +214,38 @@ def test_softmax_costs_time_every_operation_on_a_small_block():
     assert costs["copy"] > 0
     lines = format_softmax_costs(costs).splitlines()
     assert len(lines) == len(SOFTMAX_COSTS) and all("ns per score" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_ldnet_step_times_the_full_network():
+    """ldnet_training_step(model="full") builds LDNet.full() (Res2Net-50) and times its step; one thread, tiny input."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two busy cores: OpenMP threads waiting on each other cost far more than they gain
+    try:
+        assert ldnet_training_step("folded", batch=2, size=32, device="cpu", steps=1, model="full") > 0
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(ValueError, match="model must be one of"):
+        ldnet_training_step("folded", 1, 32, "cpu", 1, model="res2net")
+
+
+@pytest.mark.slow
+def test_ldnet_step_option_model_reaches_the_step(tmp_path, capsys, monkeypatch):
+    """--model full is passed to every timed step and recorded (the steps themselves are stubbed: see above)."""
+    import esa_tutorial.bench.__main__ as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "ldnet_training_step", lambda impl, *args: calls.append((impl, *args)) or 1.0)
+    main(["--quick", "--shape", "1", "8", "3", "3", "--variants", "esa_folded", "--no-memory", "--device", "cpu",
+          "--ldnet-step", "--model", "full", "--ldnet-batch", "2", "--ldnet-size", "64", "--ldnet-steps", "1",
+          "--min-run-time", "0.01", "--out", str(tmp_path)])
+    assert [c[0] for c in calls] == ["reference", "folded"] and all(c[-1] == "full" for c in calls)
+    step = json.loads((tmp_path / "bench.json").read_text())["ldnet_step"]
+    assert step["model"] == "full" and step["batch"] == 2 and step["size"] == 64
+    assert "LDNet (full) training step, batch 2 at 64x64" in capsys.readouterr().out
+    from esa_tutorial.bench import results
+
+    assert "of the full network (Res2Net-50)" in results.describe_ldnet_step({"ldnet_step": step})
+    with pytest.raises(SystemExit):
+        main(["--ldnet-step", "--model", "tiny", "--out", str(tmp_path)])
+    assert "invalid choice: 'tiny'" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from esa_tutorial.context_task import (
+from esa_tutorial.book.context_task import (
     FRAME,
     KEY_SIZE,
     MIN_DISTANCE,

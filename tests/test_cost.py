@@ -6,7 +6,7 @@ from torch import nn
 
 from esa_tutorial import ESA, LCA, MHSA
 from esa_tutorial.cost import attention_matrix_bytes, count_flops, flops_by_operator
-from esa_tutorial.folded import CPU_BLOCK_ROWS
+from esa_tutorial.nn.folded import CPU_BLOCK_ROWS
 
 # Two FLOPs per multiply-add. With C channels, inner = heads * dim_head, N pixels, n_kv tokens:
 #   to_qkv (1x1 conv):     2 * N * C * 3 * inner

@@ -71,7 +71,7 @@ def test_dataloader_batches() -> None:
     [
         ({"n": 0}, ValueError, "n must be a positive integer"),
         ({"n": 2, "size": 8}, ValueError, "at least 16"),
-        ({"n": 2, "seed": -1}, ValueError, "seed must be a non-negative integer"),
+        ({"n": 2, "seed": -1}, ValueError, r"seed must be an integer in \[0, 2\*\*32\)"),
     ],
 )
 def test_synthetic_bad_arguments(kwargs, err, match) -> None:

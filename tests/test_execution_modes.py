@@ -13,7 +13,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from esa_tutorial import ESA, MHSA, PPM, ESABlock
-from esa_tutorial.folded import CPU_BLOCK_ROWS
+from esa_tutorial.nn.folded import CPU_BLOCK_ROWS
 
 DIM = 8
 

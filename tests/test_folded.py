@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from esa_tutorial import ESA
-from esa_tutorial.esa import FOLDING_MARGIN, literal_is_cheaper
-from esa_tutorial.folded import (
+from esa_tutorial.nn.esa import FOLDING_MARGIN, literal_is_cheaper
+from esa_tutorial.nn.folded import (
     CPU_BLOCK_ROWS, LOG2E, block_probabilities, block_shape, blocks, folded_attention, softmax2_per_head_, softmax_per_head,
     uses_exp2,
 )

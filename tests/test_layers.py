@@ -1,7 +1,8 @@
 """The package's layers, as book/api.md describes them, hold in its imports.
 
-1. the model library (every module not named below), 2. what the book shows
-(figures, attention maps, the context task, experiments, the benchmark),
+1. the model library (every module not named below; the modules in ``nn``
+import only ``nn``, validation, checkpoints and files), 2. what the book shows
+(``book``: figures, attention maps, the context task; experiments, the benchmark),
 3. command lines (``__main__.py``), 4. the course. A layer imports only from
 the layers before it (and the course from 1-2 only), and argparse lives in
 ``__main__.py`` alone.
@@ -15,7 +16,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "esa_tutorial"
-SHOWN = {"plotting", "attention_maps", "context_task", "experiments", "bench"}
+SHOWN = {"book", "experiments", "bench"}
+# What the model library (esa_tutorial.nn) may import from the package: itself and these.
+NN_NEEDS = {"esa_tutorial.validation", "esa_tutorial.checkpoints", "esa_tutorial.files"}
 
 
 def _module(path: Path) -> str:
@@ -85,6 +88,14 @@ def test_argparse_lives_only_in_command_lines(path: Path) -> None:
 
 def test_the_checker_sees_a_violation() -> None:
     # esa_tutorial/__init__.py imports the library; a made-up import of the course would be caught.
-    assert _layer("esa_tutorial.course.grading") == 4 > _layer("esa_tutorial.ldnet") == 1
+    assert _layer("esa_tutorial.course.grading") == 4 > _layer("esa_tutorial.nn.ldnet") == 1
     assert _layer("esa_tutorial.bench.__main__") == 3
-    assert "esa_tutorial.validation" in _imports(PACKAGE / "esa.py")
+    assert "esa_tutorial.validation" in _imports(PACKAGE / "nn" / "esa.py")
+    assert _layer("esa_tutorial.book.plotting") == 2
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "nn").glob("*.py")), ids=lambda p: _module(p))
+def test_the_model_library_stands_on_its_own(path: Path) -> None:
+    for name in _imports(path):
+        if name.startswith("esa_tutorial") and _known(name):
+            assert name.startswith("esa_tutorial.nn") or name in NN_NEEDS, f"{_module(path)} imports {name}"

@@ -9,9 +9,9 @@ from torch import nn
 
 from esa_tutorial import MHSA, ESABlock, LCABlock
 from esa_tutorial.checkpoints import CheckpointError
-from esa_tutorial.dynamic_head import HeadUpdater, KernelGenerator, dynamic_conv, lesion_feature
-from esa_tutorial.encoder import Encoder
-from esa_tutorial.ldnet import LDNet, skip_attention
+from esa_tutorial.nn.dynamic_head import HeadUpdater, KernelGenerator, dynamic_conv, lesion_feature
+from esa_tutorial.nn.encoder import Encoder
+from esa_tutorial.nn.ldnet import LDNet, skip_attention
 
 TINY = dict(width=4, heads=1, dim_head=4, mlp_dim=8)
 

@@ -4,7 +4,7 @@
 module names (so its ``state_dict`` keys are LDNet's), a per-image loop for the dynamic
 convolution, the head updater's plain ``einsum`` SUM under the previous prediction
 upsampled x2, and sigmoid outputs. Loading its weights into the package through
-:func:`esa_tutorial.ldnet.ldnet_key_map` must give the same five outputs.
+:func:`esa_tutorial.nn.ldnet.ldnet_key_map` must give the same five outputs.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esa_tutorial.blocks import ESABlock, LCABlock
-from esa_tutorial.ldnet import LDNet, ldnet_key_map
+from esa_tutorial.nn.blocks import ESABlock, LCABlock
+from esa_tutorial.nn.ldnet import LDNet, ldnet_key_map
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

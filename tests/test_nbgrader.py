@@ -5,7 +5,7 @@ jupyter_server to the book's environment), built once under
 ``~/.cache/esa-tutorial/`` (or ``$ESA_NBGRADER_VENV``) with pip, within a time
 limit. The kernels it starts run in this project's environment, through a
 kernel spec that points at this Python. The test is skipped only when pip
-cannot reach a package index; any other failure fails it.
+cannot reach a package index outside CI; in CI (``CI`` set) that fails it too.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def _nbgrader_venv() -> Path:
                           capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         shutil.rmtree(VENV, ignore_errors=True)
-        if any(word in done.stderr for word in OFFLINE):
+        if any(word in done.stderr for word in OFFLINE) and not os.environ.get("CI"):
+            # CI reaches the package index by design: there an unreachable index fails the test
             pytest.skip(f"pip could not reach a package index to install {NBGRADER}: {done.stderr.strip()[-300:]}")
         raise AssertionError(f"pip install {NBGRADER} failed:\n{done.stderr[-2000:]}")
     return bin_dir

@@ -1,4 +1,4 @@
-"""esa_tutorial.plotting: the book's figure helpers draw what they say, and reject bad input."""
+"""esa_tutorial.book.plotting: the book's figure helpers draw what they say, and reject bad input."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from esa_tutorial import adaptive_bins, plotting  # noqa: E402
+from esa_tutorial import adaptive_bins  # noqa: E402
+from esa_tutorial.book import plotting  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

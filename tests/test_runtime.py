@@ -30,11 +30,27 @@ def test_check_shape():
         check_shape(t, [2, 4])
 
 
-def test_seed_everything_repeats_draws():
+def test_seed_everything_repeats_draws_of_every_generator_it_names():
+    import os
+    import random
+
+    import numpy as np
+
+    def draws() -> tuple:
+        return random.random(), float(np.random.rand()), torch.randn(4)
+
     seed_everything(3)
-    a = torch.randn(4)
+    first = draws()
+    draws()  # move every generator on, so that only seeding can bring them back
     seed_everything(3)
-    torch.testing.assert_close(torch.randn(4), a)
+    again = draws()
+    assert again[0] == first[0] and again[1] == first[1]
+    torch.testing.assert_close(again[2], first[2], rtol=0, atol=0)
+    seed_everything(4)
+    other = draws()
+    assert other[0] != first[0] and other[1] != first[1] and not torch.equal(other[2], first[2])
+    assert os.environ["PYTHONHASHSEED"] == "4"
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
 
 
 def test_version_comes_from_the_package_metadata():

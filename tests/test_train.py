@@ -18,7 +18,8 @@ from esa_tutorial.train import (
     TrainConfig,
     bce_dice_loss,
     deep_supervision_loss,
-    poly_lr,
+    lr_values,
+    poly_schedule,
     run_experiment,
     saved_activation_bytes,
 )
@@ -75,12 +76,21 @@ def test_loss_errors() -> None:
 
 
 def test_poly_schedule_values() -> None:
-    assert poly_lr(1e-3, 0, 100) == pytest.approx(1e-3)
-    assert poly_lr(1e-3, 50, 100, power=0.9) == pytest.approx(1e-3 * 0.5**0.9)
-    assert poly_lr(0.1, 75, 100, power=2.0) == pytest.approx(0.1 * 0.25**2)
-    assert poly_lr(1e-3, 100, 100) == 0.0
-    with pytest.raises(ValueError, match="total_steps >= 1"):
-        poly_lr(1e-3, 0, 0)
+    # torch's PolynomialLR against the formula lr * (1 - k / total) ** power, by hand
+    values = lr_values(1e-3, 100)
+    assert len(values) == 100 and values[0] == pytest.approx(1e-3)
+    assert values[50] == pytest.approx(1e-3 * 0.5**0.9)
+    assert lr_values(0.1, 100, power=2.0)[75] == pytest.approx(0.1 * 0.25**2)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    scheduler = poly_schedule(optimizer, 4)
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == 0.0
+    with pytest.raises(ValueError, match="total must be a positive integer, got 0"):
+        poly_schedule(optimizer, 0)
+    with pytest.raises(ValueError, match="power must be a finite number >= 0, got nan"):
+        poly_schedule(optimizer, 3, float("nan"))
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -355,9 +365,9 @@ def test_resume_refuses_a_checkpoint_without_training_state(tmp_path: Path) -> N
     config = TrainConfig(**TINY, checkpoint_dir=str(tmp_path), resume=True)
     model = train.build_model(config, torch.device("cpu"))
     save_checkpoint(tmp_path / "last.pt", model.state_dict(), config.recipe(), {"epoch": 1})
-    with pytest.raises(CheckpointError, match=r"cannot resume .*last.pt: it lacks \['optimizer', 'history'"):
+    with pytest.raises(CheckpointError, match=r"cannot resume .*last.pt: it lacks \['optimizer', 'scheduler', 'history'"):
         run_experiment(config)
-    extra = {"optimizer": {}, "epoch": -5, "history": {}, "best_epoch": 0, "best": {}}
+    extra = {"optimizer": {}, "scheduler": {}, "epoch": -5, "history": {}, "best_epoch": 0, "best": {}}
     save_checkpoint(tmp_path / "last.pt", model.state_dict(), config.recipe(), extra)
     with pytest.raises(CheckpointError, match=r"epoch -5 / best_epoch 0 are not integers"):
         run_experiment(config)

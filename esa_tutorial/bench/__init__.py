@@ -38,6 +38,7 @@ On top: :func:`speedup_table` (the folded form beside the literal one),
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -53,10 +54,11 @@ from torch import nn
 from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..attention import MHSA
-from ..cost import attention_matrix_bytes
-from ..esa import ESA
-from .. import folded
+from ..nn.attention import MHSA
+from ..cost import attention_matrix_bytes, saved_for_backward_bytes
+from ..nn.esa import ESA
+from ..files import save_figure
+from ..nn import folded
 
 Variant = Literal["mhsa", "esa_reference", "esa_folded", "esa_sdpa"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
@@ -130,10 +132,16 @@ def make_inputs(shape: Sequence[int], dtype: torch.dtype, device: torch.device |
     return x.requires_grad_(mode != "forward"), grad
 
 
-def time_call(fn: Callable[[], object], min_run_time: float = 0.2) -> float:
-    """Median seconds of ``fn()``, by ``torch.utils.benchmark.Timer.blocked_autorange``."""
+def time_call(fn: Callable[[], object], min_run_time: float = 0.2, device: torch.device | str = "cpu") -> float:
+    """Median seconds of ``fn()``, by ``torch.utils.benchmark.Timer.blocked_autorange``.
+
+    On CUDA the timer synchronises the current device; ``device`` is made
+    current while timing, so work on ``cuda:1`` is waited for too.
+    """
+    device = torch.device(device)
     timer = benchmark.Timer(stmt="fn()", globals=dict(fn=fn), num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time).median
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
 def time_once(variant: Variant, shape: Sequence[int], mode: Mode, dtype: torch.dtype,
@@ -141,26 +149,16 @@ def time_once(variant: Variant, shape: Sequence[int], mode: Mode, dtype: torch.d
     """Median seconds of one pass of one variant."""
     module = build(variant, shape[1], dtype, device)
     x, grad = make_inputs(shape, dtype, device, mode)
-    return time_call(lambda: run_pass(module, x, mode, grad), min_run_time)
+    return time_call(lambda: run_pass(module, x, mode, grad), min_run_time, device)
 
 
 def saved_for_backward_mb(variant: Variant, shape: Sequence[int], dtype: torch.dtype,
                           device: torch.device | str) -> float:
-    """MB that autograd keeps from the forward pass for the backward pass (each storage counted once)."""
+    """MiB that autograd keeps from the forward pass for the backward pass, weights and input left out
+    (:func:`esa_tutorial.cost.saved_for_backward_bytes`)."""
     module = build(variant, shape[1], dtype, device)
     x, _ = make_inputs(shape, dtype, device, "forward_backward")
-    storages: dict[int, int] = {}
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in params and s.data_ptr() != x.untyped_storage().data_ptr():
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
-    return sum(storages.values()) / 2**20
+    return saved_for_backward_bytes(module, x, weights_and_input=False) / 2**20
 
 
 def cuda_peak_mb(variant: Variant, shape: Sequence[int], mode: Mode, dtype: torch.dtype,
@@ -181,7 +179,7 @@ def matmul_gflops(dtype: torch.dtype, device: torch.device | str, size: int = 20
     """Measured dense matmul throughput (GFLOP/s) of square ``size`` x ``size`` matrices."""
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.randn(size, size, generator=gen).to(device=device, dtype=dtype) for _ in range(2))
-    return 2 * size**3 / time_call(lambda: a @ b, min_run_time) / 1e9
+    return 2 * size**3 / time_call(lambda: a @ b, min_run_time, device) / 1e9
 
 
 @dataclass
@@ -333,10 +331,10 @@ def forward_breakdown(shape: Sequence[int], dtype: torch.dtype = torch.float32,
     The pyramid pooling with the weight folding
     (:meth:`~esa_tutorial.ESA.folded_weights`) is timed on the whole input.
     The three block steps are timed on the first block the package uses
-    (:func:`~esa_tutorial.folded.block_shape`), with the package's block
+    (:func:`~esa_tutorial.nn.folded.block_shape`), with the package's block
     functions, over and over, so that the block stays in the cache, and scaled
     to all the pixels: the score product, the softmax per head (in place, in base
-    2, where :func:`~esa_tutorial.folded.uses_exp2`) and the output product.
+    2, where :func:`~esa_tutorial.nn.folded.uses_exp2`) and the output product.
     ``overhead`` is the whole forward minus the four parts: what the blocked
     forward pays beyond computing on cached blocks (reading each block of the
     input from memory, writing its output, the Python loop). Returns the parts
@@ -367,7 +365,7 @@ def forward_breakdown(shape: Sequence[int], dtype: torch.dtype = torch.float32,
         seconds = {name: math.inf for name in parts}
         for _ in range(3):
             for name, (fn, times) in parts.items():
-                seconds[name] = min(seconds[name], times * time_call(fn, min_run_time))
+                seconds[name] = min(seconds[name], times * time_call(fn, min_run_time, device))
     seconds["overhead"] = seconds["whole"] - sum(seconds[p] for p in BREAKDOWN_PARTS[:-1])
     return seconds
 
@@ -409,20 +407,30 @@ def plot_shares(rows: Sequence[dict[str, object]], ax=None):  # type: ignore[no-
     return ax
 
 
+LDNET_MODELS = ("paper-sized", "full")
+
+
 def ldnet_training_step(impl: Literal["folded", "reference"], batch: int = 16, size: int = 224,
-                        device: torch.device | str = "cpu", steps: int = 2) -> float:
+                        device: torch.device | str = "cpu", steps: int = 2,
+                        model: Literal["paper-sized", "full"] = "paper-sized") -> float:
     """Seconds of one LDNet training step (forward, loss, backward, SGD step) with ESA's ``impl`` form.
 
-    A paper-sized :class:`~esa_tutorial.LDNet` (``LDNet.paper_sized()``: width
-    64, 8 heads of 64) on ``batch`` random images of ``size`` x ``size``; every
-    ESA layer set to ``impl``. One warm-up step, then the fastest of ``steps``.
+    ``model="paper-sized"``: :meth:`LDNet.paper_sized() <esa_tutorial.LDNet.paper_sized>`
+    (width 64, 8 heads of 64, the small encoder); ``model="full"``:
+    :meth:`LDNet.full() <esa_tutorial.LDNet.full>` (the same on LDNet's
+    Res2Net-50 encoder, 33.4 M parameters). On ``batch`` random images of
+    ``size`` x ``size``; every ESA layer set to ``impl``. One warm-up step,
+    then the fastest of ``steps``.
     """
-    from ..ldnet import LDNet  # LDNet pulls in the whole network; only this function needs it
+    from ..nn.ldnet import LDNet  # LDNet pulls in the whole network; only this function needs it
 
+    if model not in LDNET_MODELS:
+        raise ValueError(f"model must be one of {LDNET_MODELS}, got {model!r}")
+    build = LDNet.full if model == "full" else LDNet.paper_sized
     device = torch.device(device)
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(0)  # the CPU generator only, restored by fork_rng
-        model = LDNet.paper_sized(attention="esa").to(device).train()
+        model = build(attention="esa").to(device).train()
     for module in model.modules():
         if isinstance(module, ESA):
             module.impl = impl
@@ -465,6 +473,11 @@ def machine() -> dict[str, object]:
                                    cpu_count=os.cpu_count(), threads=torch.get_num_threads())
     if hasattr(os, "getloadavg"):
         info["load_average_1_5_15"] = [round(v, 2) for v in os.getloadavg()]
+    # Precision settings change speed and results: TF32 (Ampere and newer) for matmuls and for cuDNN's
+    # convolutions, and float32 matmul precision ("highest", "high", "medium") on any device.
+    info["float32_matmul_precision"] = torch.get_float32_matmul_precision()
+    info["cuda_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -495,11 +508,8 @@ def plot(records: Sequence[Record], out_dir: Path) -> list[Path]:
         ax.set_ylabel("ms")
     axes[0].legend()
     fig.tight_layout()
-    path = out_dir / "time.png"
-    tmp = path.with_name(".time.png.tmp")
-    fig.savefig(tmp, dpi=120, format="png")
+    path = save_figure(fig, out_dir / "time.png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
     return [path]
 
 

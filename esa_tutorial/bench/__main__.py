@@ -3,6 +3,7 @@
     python -m esa_tutorial.bench                 # LDNet's shapes at 224x224, batch 16
     python -m esa_tutorial.bench --quick         # small batch, a few minutes on 2 CPU cores
     python -m esa_tutorial.bench --ldnet-step --breakdown --out bench_results/cpu
+    python -m esa_tutorial.bench --ldnet-step --model full --out bench_results/full   # LDNet on Res2Net-50
 
 Prints the folded form beside the literal form (issue 15's table) and every
 variant's numbers; writes ``<out>/bench.json`` and ``<out>/time.png``. All
@@ -12,9 +13,7 @@ options are checked before any work starts; files are written atomically.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -22,9 +21,10 @@ from typing import Sequence
 
 import torch
 
+from ..files import write_json
 from ..runtime import resolve_device
 from . import (
-    DTYPES, LDNET_SHAPES, QUICK_SHAPES, VARIANTS, Record, esa_share_of_step, format_speedup_table,
+    DTYPES, LDNET_MODELS, LDNET_SHAPES, QUICK_SHAPES, VARIANTS, Record, esa_share_of_step, format_speedup_table,
     format_table, forward_breakdown, ldnet_training_step, log, machine, matmul_gflops, plot,
     run_benchmark, speedup_table,
 )
@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time the parts of the folded forward at the first shape")
     parser.add_argument("--ldnet-step", action="store_true",
                         help="time a paper-sized LDNet training step, folded vs literal ESA")
+    parser.add_argument("--model", choices=LDNET_MODELS, default="paper-sized",
+                        help="--ldnet-step's network: paper-sized (small encoder) or full (Res2Net-50, 33.4 M)")
     parser.add_argument("--ldnet-batch", type=_positive_int, default=16)
     parser.add_argument("--ldnet-size", type=_positive_int, default=224, help="a multiple of 32")
     parser.add_argument("--ldnet-steps", type=_positive_int, default=2,
@@ -99,18 +101,6 @@ def _check_out(parser: argparse.ArgumentParser, out: Path) -> None:
             pass
     except OSError as err:
         parser.error(f"--out {str(out)!r} is not a writable directory: {err}")
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON to a temporary file next to ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv: Sequence[str] | None = None) -> list[Record]:
@@ -149,17 +139,19 @@ def main(argv: Sequence[str] | None = None) -> list[Record]:
         log("folded forward at " + "x".join(map(str, shapes[0])) + ": "
             + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in parts.items()))
     if args.ldnet_step:
-        step = {impl: ldnet_training_step(impl, args.ldnet_batch, args.ldnet_size, device, args.ldnet_steps)
+        step = {impl: ldnet_training_step(impl, args.ldnet_batch, args.ldnet_size, device, args.ldnet_steps,
+                                          args.model)
                 for impl in ("reference", "folded")}
         side = args.ldnet_size
         stages = [(args.ldnet_batch, c, side // s, side // s) for c, s in ((64, 2), (64, 4), (128, 8), (256, 16))]
         share = esa_share_of_step(stages, step["folded"], dtype, device, min_run_time)
-        result["ldnet_step"] = dict(batch=args.ldnet_batch, size=side, seconds=step, esa_share_folded=share)
-        log(f"LDNet training step, batch {args.ldnet_batch} at {side}x{side}: literal ESA "
+        result["ldnet_step"] = dict(model=args.model, batch=args.ldnet_batch, size=side, seconds=step,
+                                    esa_share_folded=share)
+        log(f"LDNet ({args.model}) training step, batch {args.ldnet_batch} at {side}x{side}: literal ESA "
             f"{step['reference']:.2f} s, folded ESA {step['folded']:.2f} s; folded ESA layers "
             f"~{100 * share:.0f}% of the step")
     paths = plot(records, args.out)
-    write_json_atomic(args.out / "bench.json", result)
+    write_json(result, args.out / "bench.json")
     for path in [*paths, args.out / "bench.json"]:
         log(f"wrote {path}")
     return records

@@ -2,7 +2,7 @@
 
 Chapter 7 uses :func:`softmax_costs` to show that a cached block's softmax is
 bound by its exponentials rather than by memory traffic, and what the two
-choices of :mod:`esa_tutorial.folded` (scores laid out pixels-last, the
+choices of :mod:`esa_tutorial.nn.folded` (scores laid out pixels-last, the
 exponential taken in base 2 on the CPU) buy.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import folded
+from ..nn import folded
 from . import time_call
 
 # (name, what it times) in the order they are printed and plotted.
@@ -30,7 +30,7 @@ def softmax_costs(batch: int = 1, pixels: int = folded.CPU_BLOCK_ROWS, heads: in
 
     The block is (batch, heads*keys, pixels) float32; by default the size of the
     folded form's blocks on a large map on the CPU (one image,
-    :data:`~esa_tutorial.folded.CPU_BLOCK_ROWS` pixels): small enough to stay in
+    :data:`~esa_tutorial.nn.folded.CPU_BLOCK_ROWS` pixels): small enough to stay in
     the cache, so what is timed is arithmetic.
     """
     gen = torch.Generator().manual_seed(0)

@@ -27,12 +27,12 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..attention import MHSA
+from ..nn.attention import MHSA
 from .. import LCA
 from ..cost import attention_matrix_bytes, count_flops, flops_by_operator
-from ..esa import ESA
-from ..ldnet import LDNet
-from ..ppm import PPM, adaptive_bins, num_tokens
+from ..nn.esa import ESA
+from ..nn.ldnet import LDNet
+from ..nn.ppm import PPM, adaptive_bins, num_tokens
 from .tape import StudentRaised, TapeMismatch, ask, salt
 
 __all__ = [

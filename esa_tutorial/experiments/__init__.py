@@ -3,10 +3,10 @@
 Two suites, each a grid of variants x seeds trained under one protocol:
 
 ``context``
-    :class:`~esa_tutorial.context_task.ContextNet` on the key-matching task of
-    :mod:`esa_tutorial.context_task`: no attention vs ESA vs full MHSA.
+    :class:`~esa_tutorial.book.context_task.ContextNet` on the key-matching task of
+    :mod:`esa_tutorial.book.context_task`: no attention vs ESA vs full MHSA.
 ``ablation``
-    :class:`~esa_tutorial.ldnet.LDNet` (width 16) on 64x64 synthetic polyps:
+    :class:`~esa_tutorial.nn.ldnet.LDNet` (width 16) on 64x64 synthetic polyps:
     no attention, ESA, full MHSA, ESA + LCA (chapter 6).
 
 The protocol makes the variants comparable within a seed: the shared parts
@@ -31,11 +31,10 @@ download step that could fail or drift from the code. :func:`load_history` and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
-import math
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -43,12 +42,13 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from torch import nn
 
-from ..context_task import ContextDiscs, ContextNet
+from ..book.context_task import ContextDiscs, ContextNet
 from ..data import SyntheticPolyps
-from ..ldnet import LDNet
+from ..nn.ldnet import LDNet
+from ..files import save_tensors, write_json
 from ..metrics import segmentation_scores
 from ..train import (
-    TrainingDiverged, bce_dice_loss, deep_supervision_loss, non_finite_weight, poly_lr, saved_activation_bytes,
+    FitLog, TrainingDiverged, bce_dice_loss, deep_supervision_loss, fit, poly_schedule, saved_activation_bytes,
 )
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained"
@@ -160,24 +160,19 @@ class RunResult:
         return {"spec": dataclasses.asdict(self.spec), "history": self.history, "cost": self.cost}
 
 
-def _diverged(spec: RunSpec, what: str, step: int, lr: float) -> TrainingDiverged:
-    return TrainingDiverged(
-        f"run {spec.name} diverged at step {step + 1} of {spec.steps}: {what}. The usual cause is a learning rate "
-        f"too high for this model: it was {lr:.3g} at this step (base lr {spec.lr:g}); try a smaller lr."
-    )
-
-
 def train_run(
     spec: RunSpec,
     stop_after: int | None = None,
     data: tuple[torch.Tensor, ...] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> RunResult:
-    """Train one run; ``stop_after`` ends early with the full run's schedule (for reproduction checks).
+    """Train one run through :func:`~esa_tutorial.train.fit`; ``stop_after`` ends early with the full run's schedule.
 
-    The batch order comes from ``torch.Generator().manual_seed(spec.seed)``
-    alone; the model's initial weights from ``spec.seed`` per part. Global
-    torch state is not touched (the caller sets the thread count).
+    AdamW with the poly schedule stepped per step; batches of
+    ``spec.batch_size`` drawn with replacement by
+    ``torch.Generator().manual_seed(spec.seed)`` alone; the model's initial
+    weights from ``spec.seed`` per part; validation every ``spec.eval_every``
+    steps. Global torch state is not touched (the caller sets the thread count).
 
     Raises :class:`~esa_tutorial.train.TrainingDiverged`, naming the run, the
     step and the learning rate, as soon as the loss or a weight is not finite.
@@ -186,43 +181,38 @@ def train_run(
     model = build_model(spec)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     order = torch.Generator().manual_seed(spec.seed)
-    history: dict[str, list[float]] = {"loss": [], "eval_step": [], "val_loss": [], "val_dice": [], "val_miou": []}
-    seconds = []
     steps = spec.steps if stop_after is None else min(stop_after, spec.steps)
+    history: dict[str, list[float]] = {"loss": [], "eval_step": [], "val_loss": [], "val_dice": [], "val_miou": []}
     cost = {
         "params": float(sum(p.numel() for p in model.parameters())),
         # clone: a slice of x is a view of the whole data set, whose storage would be counted.
         "saved_mb": saved_activation_bytes(model, x[: spec.batch_size].clone()) / 2**20,
     }
-    model.train()
-    for step in range(steps):
-        lr = poly_lr(spec.lr, step, spec.steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        idx = torch.randint(0, len(x), (spec.batch_size,), generator=order)
-        start = time.perf_counter()
-        loss = _loss(spec, model(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        seconds.append(time.perf_counter() - start)
-        # Checked after the timed step, as before the checks existed: the timing stays comparable.
-        value = loss.item()
-        if not math.isfinite(value):
-            raise _diverged(spec, f"the loss is {value}", step, lr)
-        bad = non_finite_weight(model)
-        if bad is not None:
-            raise _diverged(spec, f"weight {bad!r} is not finite after the update", step, lr)
-        history["loss"].append(value)
+
+    def batches():
+        for _ in range(steps):
+            idx = torch.randint(0, len(x), (spec.batch_size,), generator=order)
+            yield x[idx], y[idx]
+
+    def report(what: str, step: int, lr: float) -> TrainingDiverged:
+        return TrainingDiverged(
+            f"run {spec.name} diverged at step {step + 1} of {spec.steps}: {what}. The usual cause is a learning "
+            f"rate too high for this model: it was {lr:.3g} at this step (base lr {spec.lr:g}); try a smaller lr.")
+
+    def validate(step: int, fitted: FitLog) -> None:
         if (step + 1) % spec.eval_every == 0 or step + 1 == steps:
             scores = evaluate(spec, model, vx, vy)
             history["eval_step"].append(step + 1)
             for k in ("loss", "dice", "miou"):
                 history[f"val_{k}"].append(scores[k])
             if log is not None:
-                log(f"{spec.name} step {step + 1}: loss {value:.3f}, val dice {scores['dice']:.3f}")
-    cost["ms_per_step"] = 1000 * statistics.median(seconds)
-    cost["train_seconds"] = sum(seconds)
+                log(f"{spec.name} step {step + 1}: loss {fitted.loss[-1]:.3f}, val dice {scores['dice']:.3f}")
+
+    fitted = fit(model, batches(), functools.partial(_loss, spec), opt, scheduler=poly_schedule(opt, spec.steps),
+                 diverged=report, on_step=validate)
+    history["loss"] = fitted.loss
+    cost["ms_per_step"] = 1000 * statistics.median(fitted.seconds)
+    cost["train_seconds"] = sum(fitted.seconds)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return RunResult(spec, history, cost, state)
 
@@ -230,7 +220,7 @@ def train_run(
 def check_equal_start(specs: Sequence[RunSpec]) -> None:
     """Raise ``AssertionError`` unless the shared parts of the specs' models start identical.
 
-    For LDNet the shared parts are :data:`~esa_tutorial.ldnet.SHARED_PARTS`; for
+    For LDNet the shared parts are :data:`~esa_tutorial.nn.ldnet.SHARED_PARTS`; for
     ContextNet the stem, head and the block's feed-forward part.
     """
     def shared(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -272,7 +262,7 @@ def run_suite(
                 write_results(results, out, suite)
                 wanted = checkpoint_variants is None or spec.variant in checkpoint_variants
                 if spec.seed in checkpoint_seeds and wanted:
-                    torch.save(result.state_dict, out / f"{spec.name}.pt")
+                    save_tensors(result.state_dict, out / f"{spec.name}.pt")
     return results
 
 
@@ -283,14 +273,12 @@ def write_results(results: Sequence[RunResult], out: Path, suite: str) -> Path:
     suite can be completed seed by seed.
     """
     path = out / "histories" / f"{suite}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     new = [r.to_json() for r in results]
     names = {spec_from_json(r["spec"]).name for r in new}
     old = json.loads(path.read_text()) if path.is_file() else []
     kept = [r for r in old if spec_from_json(r["spec"]).name not in names]
     runs = sorted(kept + new, key=lambda r: (r["spec"]["seed"], r["spec"]["variant"]))
-    path.write_text(json.dumps(runs, indent=1) + "\n")
-    return path
+    return write_json(runs, path)
 
 
 # --------------------------------------------------------------------------- integrity
@@ -305,7 +293,7 @@ def write_manifest(folder: Path = PRETRAINED) -> dict[str, str]:
     """Record the SHA-256 of every ``.pt`` and ``.json`` file under ``folder`` in ``manifest.json``."""
     files = sorted(p for p in folder.rglob("*") if p.suffix in (".pt", ".json") and p.name != MANIFEST)
     manifest = {p.relative_to(folder).as_posix(): sha256(p) for p in files}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    write_json(manifest, folder / MANIFEST)
     return manifest
 
 

@@ -3,32 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..ldnet import ATTENTIONS
-from ..validation import check_float_range, check_int_range
+from ..nn.ldnet import ATTENTIONS
+from ..validation import (
+    check_choice, check_finite, check_float_range, check_int_range, check_non_negative_int, check_positive_int,
+    check_seed,
+)
 
 AMP_DTYPES = ("fp16", "bf16")
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _finite(name: str, value: Any, low: float, *, strict: bool) -> None:
-    """``value`` a finite number, > low (strict) or >= low."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value <= low if strict else value < low):
-        bound = f"> {low:g}" if strict else f">= {low:g}"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+SCHEDULES = ("per_step", "per_epoch")
+MODELS = ("small", "full")
+PAPER_SIZES = dict(width=64, heads=8, dim_head=64, mlp_dim=512)  # LDNet.paper_sized's, for model="full"
+TARGET_RESIZES = ("area", "bilinear")
 
 
 # Upper bounds of the numeric options: far beyond any sensible run, below what torch cannot represent.
 UPPER = dict(n_train=10**7, n_val=10**7, size=8192, width=1024, heads=256, dim_head=1024, mlp_dim=65536,
-             epochs=10**6, batch_size=65536, lr=1e6, momentum=1.0, weight_decay=1.0, power=100.0)
+             epochs=10**6, batch_size=65536, read_every=10**6, lr=1e6, momentum=1.0, weight_decay=1.0,
+             power=100.0)
 
 
 @dataclass
@@ -45,6 +39,16 @@ class TrainConfig:
     means yes for a folder, no for synthetic data. ``amp``: ``"fp16"``
     (autocast with a gradient scaler) or ``"bf16"`` (autocast) on CUDA;
     ``None`` trains in float32. The CPU trains in float32 only.
+
+    Where the package's defaults differ from LDNet's code (:func:`ldnet_recipe`
+    sets LDNet's): ``schedule`` ``"per_step"`` (the poly schedule stepped after
+    every optimizer step; LDNet's code steps it per epoch, ``"per_epoch"``),
+    ``targets`` ``"area"`` (the mask shrunk for coarser outputs by area
+    averaging; LDNet's code halves it bilinearly, ``"bilinear"``) and
+    ``keep_last_batch`` ``False`` (a final partial batch is dropped; LDNet's
+    code keeps it). ``read_every``: the losses are copied from the device every
+    this many steps (fewer host synchronisations on a GPU); it changes nothing
+    in the result.
     """
 
     data: str | None = None
@@ -53,6 +57,8 @@ class TrainConfig:
     n_train: int = 800
     n_val: int = 200
     size: int = 224
+    model: str = "small"
+    pretrained_backbone: str | None = None
     width: int = 16
     heads: int = 2
     dim_head: int = 16
@@ -68,36 +74,44 @@ class TrainConfig:
     seed: int = 0
     augment: bool | None = None
     amp: str | None = None
+    schedule: str = "per_step"
+    targets: str = "area"
+    keep_last_batch: bool = False
     device: str | None = None
     checkpoint_dir: str | None = None
     resume: bool = False
     num_workers: int = 0
     progress: bool = True
+    read_every: int = 10
 
     # Fields that do not change the result: a run may resume with other values.
-    RUNTIME_FIELDS = ("device", "checkpoint_dir", "resume", "num_workers", "progress")
+    RUNTIME_FIELDS = ("device", "checkpoint_dir", "resume", "num_workers", "progress", "read_every")
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_val", "size", "width", "heads", "dim_head", "mlp_dim", "epochs", "batch_size"):
-            _positive_int(name, getattr(self, name))
+        for name in ("n_train", "n_val", "size", "width", "heads", "dim_head", "mlp_dim", "epochs", "batch_size",
+                     "read_every"):
+            check_positive_int(name, getattr(self, name))
             check_int_range(name, getattr(self, name), 1, UPPER[name])  # 10**20 would overflow inside torch
         if self.size % 32:
             raise ValueError(f"size must be a multiple of 32 (LDNet's encoder stride), got {self.size}")
-        if self.attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
-        _finite("lr", self.lr, 0.0, strict=True)
+        check_choice("attention", self.attention, ATTENTIONS)
+        check_choice("model", self.model, MODELS)
+        if self.pretrained_backbone is not None and not isinstance(self.pretrained_backbone, str):
+            raise ValueError(f"pretrained_backbone must be a path (str) or None, got {self.pretrained_backbone!r}")
+        check_finite("lr", self.lr, 0.0, strict=True)
         for name in ("momentum", "weight_decay", "power"):
-            _finite(name, getattr(self, name), 0.0, strict=False)
+            check_finite(name, getattr(self, name), 0.0)
         for name in ("lr", "momentum", "weight_decay", "power"):
             check_float_range(name, getattr(self, name), 0.0, UPPER[name])  # 1e308 overflows a float32
-        if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction < 1):
+        check_finite("val_fraction", self.val_fraction)
+        if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
-        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise ValueError(f"num_workers must be a non-negative integer, got {self.num_workers!r}")
-        if self.amp is not None and self.amp not in AMP_DTYPES:
-            raise ValueError(f"amp must be one of {AMP_DTYPES} or None, got {self.amp!r}")
+        check_seed(self.seed)
+        check_non_negative_int("num_workers", self.num_workers)
+        if self.amp is not None:
+            check_choice("amp", self.amp, AMP_DTYPES)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("targets", self.targets, TARGET_RESIZES)
         if self.data is None:
             check_batch_norm_batch(self.size, min(self.batch_size, self.n_train))
 
@@ -107,9 +121,17 @@ class TrainConfig:
         return self.data is not None if self.augment is None else bool(self.augment)
 
     def model_kwargs(self) -> dict[str, Any]:
-        """Arguments of :class:`~esa_tutorial.ldnet.LDNet` for this run."""
-        return dict(width=self.width, heads=self.heads, dim_head=self.dim_head, mlp_dim=self.mlp_dim,
-                    attention=self.attention, use_lca=self.use_lca)
+        """Arguments of :class:`~esa_tutorial.nn.ldnet.LDNet` for this run (without ``pretrained_backbone``).
+
+        ``model="small"``: the package's small encoder at ``width``, ``heads``,
+        ``dim_head``, ``mlp_dim``. ``model="full"``: LDNet's whole network
+        (:meth:`~esa_tutorial.LDNet.full`: Res2Net-50 and LDNet's sizes;
+        the four size fields are not used).
+        """
+        sizes = PAPER_SIZES if self.model == "full" else dict(width=self.width, heads=self.heads,
+                                                              dim_head=self.dim_head, mlp_dim=self.mlp_dim)
+        encoder = dict(encoder="res2net50") if self.model == "full" else {}
+        return dict(**sizes, attention=self.attention, use_lca=self.use_lca, **encoder)
 
     def recipe(self) -> dict[str, Any]:
         """The fields that decide the result (all but the runtime ones)."""
@@ -139,4 +161,20 @@ def quick_config(**overrides: Any) -> TrainConfig:
     anywhere. Anything can be overridden by keyword.
     """
     settings: dict[str, Any] = dict(size=64, n_train=256, n_val=64, epochs=12, batch_size=16, lr=0.05)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def ldnet_recipe(**overrides: Any) -> TrainConfig:
+    """LDNet's training recipe as its public code runs it (``train.py``, ``utils/loss.py``).
+
+    SGD with lr 1e-3, momentum 0.9, weight decay 1e-5; the poly schedule
+    (power 0.9) stepped once per epoch; 80 epochs of batches of 16 with the
+    last partial batch kept; 224x224 crops from images resized to 256 with
+    flips, rotation and zoom; each coarser output's target halved bilinearly
+    (``align_corners=True``), chained. The model is LDNet's whole network
+    (``model="full"``; ``pretrained_backbone`` names ImageNet Res2Net-50 weights). Anything can be overridden by keyword.
+    """
+    settings: dict[str, Any] = dict(model="full", size=224, epochs=80, batch_size=16, lr=1e-3, momentum=0.9, weight_decay=1e-5,
+                                    power=0.9, schedule="per_epoch", targets="bilinear", keep_last_batch=True,
+                                    augment=True)
     return TrainConfig(**{**settings, **overrides})

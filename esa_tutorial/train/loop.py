@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import math
+import functools
 import sys
-import time
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -24,21 +24,19 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from ..cost import saved_for_backward_bytes as saved_activation_bytes
 from ..checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from ..data import Augmented, AugmentRecipe, PolypFolder, SyntheticPolyps
-from ..ldnet import LDNet
+from ..nn.ldnet import LDNet
 from ..metrics import segmentation_scores
 from ..runtime import resolve_device
 from .config import TrainConfig, check_batch_norm_batch
+from .distributed import EpochBatches, World, init_process_group, sync_batch_norm, world_from_env
+from .fitting import FitLog, TrainingDiverged, fit
 from .losses import deep_supervision_loss
-from .schedule import poly_lr
+from .schedule import poly_schedule
 
 VAL_SEED_OFFSET = 10_000  # synthetic validation images come from another seed than training ones
-AMP_TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or a weight became NaN or inf; the message names the step and the likely cause."""
 
 
 # --------------------------------------------------------------------------- checks before any work
@@ -74,9 +72,8 @@ def check_checkpoint_dir(path: str | Path) -> Path:
         raise ValueError(f"checkpoint_dir {str(path)!r} is a file, expected a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=path):  # a name of its own: several processes may check at once
+            pass
     except OSError as err:
         raise ValueError(f"checkpoint_dir {str(path)!r} is not writable ({err.strerror or err})") from None
     return path
@@ -98,7 +95,7 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 def build_model(config: TrainConfig, device: torch.device) -> LDNet:
     """LDNet of ``config``, its weights drawn from ``config.seed`` (global random state untouched)."""
     with seeded(config.seed, device):
-        return LDNet(**config.model_kwargs()).to(device)
+        return LDNet(**config.model_kwargs(), pretrained_backbone=config.pretrained_backbone).to(device)
 
 
 def make_datasets(config: TrainConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
@@ -127,59 +124,47 @@ def make_datasets(config: TrainConfig) -> tuple[torch.utils.data.Dataset, torch.
 
 
 def make_loaders(config: TrainConfig, train_set: torch.utils.data.Dataset, val_set: torch.utils.data.Dataset,
+                 world: World = World(), device: torch.device | None = None,
                  ) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
-    """Shuffled training batches (a partial last batch dropped) and validation batches in order.
+    """Shuffled training batches and validation batches in order.
 
-    The training loader's generator is reseeded each epoch by :func:`train_epoch`.
+    Training batches come from :class:`~esa_tutorial.train.distributed.EpochBatches`
+    (set to each epoch by :func:`train_epoch`): ``config.batch_size`` is the
+    global batch, of which this process (``world``) takes its share. A final
+    partial batch is dropped unless ``config.keep_last_batch`` (LDNet's code keeps
+    it) or it is the only one. On CUDA the loaders pin their memory, so batches
+    copy to the GPU while it computes.
     """
     n = len(train_set)  # type: ignore[arg-type]
-    check_batch_norm_batch(config.size, min(config.batch_size, n))
-    train_loader = DataLoader(train_set, config.batch_size, shuffle=True, drop_last=n > config.batch_size,
-                              num_workers=config.num_workers, generator=torch.Generator())
-    val_loader = DataLoader(val_set, config.batch_size, shuffle=False, num_workers=config.num_workers)
+    check_batch_norm_batch(config.size, min(config.batch_size, n) // world.size)
+    pin = device is not None and device.type == "cuda"
+    batches = EpochBatches(n, config.batch_size, config.seed, drop_last=not config.keep_last_batch
+                           and n > config.batch_size, world=world)
+    train_loader = DataLoader(train_set, batch_sampler=batches, num_workers=config.num_workers, pin_memory=pin)
+    val_loader = DataLoader(val_set, config.batch_size, shuffle=False, num_workers=config.num_workers,
+                            pin_memory=pin)
     return train_loader, val_loader
 
 
 # --------------------------------------------------------------------------- measuring
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def saved_activation_bytes(model: nn.Module, images: torch.Tensor) -> int:
-    """Bytes the autograd graph keeps for backward after one training forward of ``images``.
-
-    This is what grows with batch and image size and dominates training memory;
-    unlike the process's peak memory it can be measured the same way on a CPU
-    and repeats exactly. Runs on a copy, so batch-norm statistics stay untouched.
-    """
-    probe = copy.deepcopy(model).train()
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()  # tensors saved twice or as views share a storage: count it once
-        storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        outputs = probe(images)
-    del outputs
-    return sum(storages.values())
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device) -> dict[str, float]:
-    """Mean validation scores of the finest output plus the deep-supervision ``loss``."""
+def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
+             targets: str = "area") -> dict[str, float]:
+    """Mean validation scores of the finest output plus the deep-supervision ``loss``.
+
+    ``targets``: how the loss resizes the mask for coarser outputs (see
+    :func:`~esa_tutorial.train.deep_supervision_loss`).
+    """
     model.eval()
     totals: dict[str, float] = {}
     count = 0
     for images, masks in loader:
-        images, masks = images.to(device), masks.to(device)
+        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         outputs = model(images)
         scores = segmentation_scores(torch.sigmoid(outputs[0].float()), masks)
-        scores["loss"] = float(deep_supervision_loss(outputs, masks))
+        scores["loss"] = float(deep_supervision_loss(outputs, masks, resize=targets))
         n = images.shape[0]
         for k, v in scores.items():
             totals[k] = totals.get(k, 0.0) + float(v) * n
@@ -196,21 +181,18 @@ class TrainState:
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     history: dict[str, list[float]] = field(default_factory=lambda: {"step_loss": []})
     epoch: int = 0
     best_epoch: int = 0
     best: dict[str, float] = field(default_factory=lambda: {"miou": -1.0})
     best_state: dict[str, torch.Tensor] | None = None
+    net: nn.Module | None = None  # what trains: ``model`` itself, or ``model`` wrapped for several processes
 
-
-def non_finite_weight(model: nn.Module) -> str | None:
-    """Name of the first parameter or buffer holding NaN or inf, or None (one sync for all of them)."""
-    tensors = [(n, t) for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_floating_point()]
-    # One flat check (a copy of the weights, about 1% of a training step) instead of one sync per tensor.
-    if bool(torch.isfinite(torch.cat([t.detach().reshape(-1) for _, t in tensors])).all()):
-        return None
-    return next(n for n, t in tensors if not bool(torch.isfinite(t).all()))
+    def __post_init__(self) -> None:
+        if self.net is None:
+            self.net = self.model
 
 
 def _diverged(what: str, step: int, total: int, epoch: int, lr: float, config: TrainConfig) -> TrainingDiverged:
@@ -224,49 +206,37 @@ def _diverged(what: str, step: int, total: int, epoch: int, lr: float, config: T
 
 def train_epoch(state: TrainState, loader: torch.utils.data.DataLoader, config: TrainConfig, device: torch.device,
                 bar: Any = None) -> tuple[list[float], list[float]]:
-    """One epoch of SGD steps with the poly schedule: (loss per step, seconds per step).
+    """One epoch through :func:`~esa_tutorial.train.fit`: (loss per step, seconds per step).
 
+    The batch order of epoch ``e`` comes from ``config.seed + e + 1`` (see
+    :class:`~esa_tutorial.train.distributed.EpochBatches`); the scheduler steps per step or, with
+    ``config.schedule == "per_epoch"`` (LDNet's code), once at the epoch's end.
     ``bar``, a tqdm progress bar or ``None``, advances by one per step.
 
     Raises :class:`TrainingDiverged` as soon as the loss or a weight is not finite.
     """
-    model, optimizer, epoch = state.model, state.optimizer, state.epoch
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * config.epochs
-    loader.generator.manual_seed(config.seed + epoch + 1)  # type: ignore[union-attr]
+    epoch, steps_per_epoch = state.epoch, len(loader)
+    total = steps_per_epoch * config.epochs
+    loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
     for d in (loader.dataset, getattr(loader.dataset, "dataset", None)):
         if hasattr(d, "set_epoch"):
             d.set_epoch(epoch)
-    autocast = torch.autocast(device.type, dtype=AMP_TORCH_DTYPES[config.amp], enabled=True) \
-        if config.amp else contextlib.nullcontext()
-    model.train()
-    losses, times = [], []
-    for i, (images, masks) in enumerate(loader):
-        step = epoch * steps_per_epoch + i
-        lr = poly_lr(config.lr, step, total_steps, config.power)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        images, masks = images.to(device), masks.to(device)
-        _sync(device)
-        tic = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss = deep_supervision_loss(model(images), masks)
-        if not math.isfinite(loss.item()):
-            raise _diverged(f"the loss is {loss.item()}", step, total_steps, epoch, lr, config)
-        state.scaler.scale(loss).backward()
-        state.scaler.step(optimizer)
-        state.scaler.update()
-        _sync(device)
-        times.append(time.perf_counter() - tic)
-        bad = non_finite_weight(model)
-        if bad is not None:
-            raise _diverged(f"weight {bad!r} holds NaN or inf after the update", step, total_steps, epoch, lr, config)
-        losses.append(loss.item())
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-    return losses, times
+
+    def report(what: str, step: int, lr: float) -> TrainingDiverged:
+        return _diverged(what, step, total, epoch, lr, config)
+
+    def show_loss(step: int, log: FitLog) -> None:
+        if bar is not None and log.loss:
+            bar.set_postfix(loss=f"{log.loss[-1]:.3f}", refresh=False)
+
+    per_step = config.schedule == "per_step"
+    loss = functools.partial(deep_supervision_loss, resize=config.targets)
+    log = fit(state.net, loader, loss, state.optimizer, scheduler=state.scheduler if per_step else None,
+              device=device, amp=config.amp, scaler=state.scaler, first_step=epoch * steps_per_epoch,
+              read_every=config.read_every, diverged=report, on_step=show_loss, bar=bar)
+    if not per_step:
+        state.scheduler.step()
+    return log.loss, log.seconds
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -282,7 +252,8 @@ def save_best(state: TrainState, config: TrainConfig, ckpt_dir: Path) -> None:
 def save_last(state: TrainState, config: TrainConfig, ckpt_dir: Path) -> None:
     """Write ``last.pt``: everything :func:`resume` needs to continue exactly."""
     save_checkpoint(ckpt_dir / "last.pt", state.model.state_dict(), dataclasses.asdict(config), {
-        "optimizer": state.optimizer.state_dict(), "scaler": state.scaler.state_dict(), "epoch": state.epoch,
+        "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict(), "epoch": state.epoch,
         "history": state.history, "best_epoch": state.best_epoch, "best": state.best,
         "model_kwargs": config.model_kwargs(),
     })
@@ -296,7 +267,7 @@ def resume(state: TrainState, config: TrainConfig, ckpt_dir: Path) -> None:
     changed = sorted(k for k, v in config.recipe().items() if saved.get(k) != v)
     if changed:
         raise ValueError(f"cannot resume {path}: the config differs in {changed}")
-    missing = [k for k in ("optimizer", "epoch", "history", "best_epoch", "best") if k not in extra]
+    missing = [k for k in ("optimizer", "scheduler", "epoch", "history", "best_epoch", "best") if k not in extra]
     if missing:
         raise CheckpointError(f"cannot resume {path}: it lacks {missing} (not a last.pt written by training)")
     epoch, best_epoch = extra["epoch"], extra["best_epoch"]
@@ -306,6 +277,7 @@ def resume(state: TrainState, config: TrainConfig, ckpt_dir: Path) -> None:
     try:
         state.model.load_state_dict(ckpt["model"])
         state.optimizer.load_state_dict(extra["optimizer"])
+        state.scheduler.load_state_dict(extra["scheduler"])
         if "scaler" in extra:
             state.scaler.load_state_dict(extra["scaler"])
     except (RuntimeError, ValueError, KeyError) as err:
@@ -345,7 +317,7 @@ class ExperimentResult:
     IoU), in eval mode. ``history`` maps names to per-epoch lists: ``epoch``,
     ``train_loss``, ``lr`` (at the epoch's end), ``seconds_per_step`` (median),
     ``val_<score>`` for every score of :func:`evaluate`; ``step_loss`` has one
-    entry per step. ``saved_activation_mb`` is :func:`saved_activation_bytes`
+    entry per step. ``saved_activation_mb`` is :func:`~esa_tutorial.cost.saved_for_backward_bytes`
     for one training batch, ``cuda_peak_mb`` the CUDA peak (``None`` on CPU).
     """
 
@@ -377,22 +349,43 @@ def run_experiment(config: TrainConfig, log: Callable[[str], None] | None = None
     ``last.pt`` (see :mod:`esa_tutorial.checkpoints`). ``log`` receives one
     line per epoch; ``config.progress`` shows a progress bar on stdout.
 
+    Under ``torchrun`` (several processes, see
+    :mod:`esa_tutorial.train.distributed`) each process trains on its share of
+    every batch with synchronised gradients and batch statistics; only rank 0
+    shows progress, logs and writes checkpoints.
+
     Raises :class:`TrainingDiverged` if the loss or a weight stops being
     finite: no checkpoint of that epoch is written. Global random state is left
     as it was (see the module docstring).
     """
+    world = world_from_env()
     device = check_device(config.device, config.amp)
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)  # one process per GPU
+    init_process_group(world, device)
     ckpt_dir = check_checkpoint_dir(config.checkpoint_dir) if config.checkpoint_dir else None
     if config.resume and ckpt_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
+    if not world.main:
+        ckpt_dir, log = (ckpt_dir if config.resume else None), None  # rank 0 writes; all read to resume
     model = build_model(config, device)
+    net: nn.Module = model
+    if world.size > 1:
+        model = sync_batch_norm(model, device)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    state = TrainState(model, optimizer, torch.amp.GradScaler(device.type, enabled=config.amp == "fp16"))
     train_set, val_set = make_datasets(config)
-    train_loader, val_loader = make_loaders(config, train_set, val_set)
+    train_loader, val_loader = make_loaders(config, train_set, val_set, world, device)
+    steps = len(train_loader)
+    schedule_length = config.epochs * (steps if config.schedule == "per_step" else 1)
+    state = TrainState(model, optimizer, poly_schedule(optimizer, schedule_length, config.power),
+                       torch.amp.GradScaler(device.type, enabled=config.amp == "fp16"), net=net)
     if config.resume:
         resume(state, config, ckpt_dir)  # type: ignore[arg-type]
+    if not world.main:
+        ckpt_dir = None
     if state.best_state is None:
         state.best_state = copy.deepcopy(model.state_dict())
 
@@ -402,14 +395,13 @@ def run_experiment(config: TrainConfig, log: Callable[[str], None] | None = None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    steps = len(train_loader)
-    bar = tqdm(total=steps * config.epochs, initial=state.epoch * steps, disable=not config.progress,
+    bar = tqdm(total=steps * config.epochs, initial=state.epoch * steps, disable=not (config.progress and world.main),
                desc="train", file=sys.stdout, dynamic_ncols=True)
     try:
         while state.epoch < config.epochs:
             with seeded(config.seed + state.epoch + 1, device):  # dropout and augmentation of this epoch
                 losses, times = train_epoch(state, train_loader, config, device, bar)
-                scores = evaluate(model, val_loader, device)
+                scores = evaluate(model, val_loader, device, config.targets)
             row = _record(state, losses, times, scores)
             if scores["miou"] > state.best["miou"]:
                 state.best_epoch, state.best = state.epoch + 1, scores

@@ -27,21 +27,34 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + 1 - dice.mean()
 
 
-def deep_supervision_loss(outputs: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+def deep_supervision_loss(outputs: Sequence[torch.Tensor], target: torch.Tensor, resize: str = "area",
+                          ) -> torch.Tensor:
     """Sum of :func:`bce_dice_loss` over all outputs, each against the target at its size.
 
     ``outputs``: logits (B, 1, H/s, W/s), s = 1, 2, 4, ...; ``target`` (B, 1, H, W)
-    in {0, 1}. The target is shrunk by area averaging, so a coarse pixel's target is
-    the fraction of lesion it covers (LDNet's code uses bilinear resizing).
+    in {0, 1}. ``resize="area"`` (the package's default) shrinks the target by
+    area averaging, so a coarse pixel's target is the fraction of lesion it
+    covers. ``resize="bilinear"`` is LDNet's code: each output's target is the
+    previous one halved by bilinear interpolation (``align_corners=True``), chained.
     """
     if len(outputs) == 0:
         raise ValueError("deep_supervision_loss needs at least one output")
+    if resize not in ("area", "bilinear"):
+        raise ValueError(f"resize must be one of ('area', 'bilinear'), got {resize!r}")
     total = torch.zeros((), device=target.device)
+    scaled = target
     for logits in outputs:
         h, w = logits.shape[-2:]
         if target.shape[-2] % h or target.shape[-1] % w:
             raise ValueError(f"output of size {h}x{w} does not divide the target size "
                              f"{target.shape[-2]}x{target.shape[-1]}")
-        scaled = target if (h, w) == target.shape[-2:] else F.interpolate(target, size=(h, w), mode="area")
+        if resize == "area":
+            scaled = target if (h, w) == target.shape[-2:] else F.interpolate(target, size=(h, w), mode="area")
+        else:
+            while scaled.shape[-2:] != (h, w):
+                if scaled.shape[-2] < h or scaled.shape[-1] < w:
+                    raise ValueError(f"outputs must go from fine to coarse for resize='bilinear', got {h}x{w} "
+                                     f"after {scaled.shape[-2]}x{scaled.shape[-1]}")
+                scaled = F.interpolate(scaled, scale_factor=0.5, mode="bilinear", align_corners=True)
         total = total + bce_dice_loss(logits, scaled)
     return total

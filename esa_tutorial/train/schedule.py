@@ -1,19 +1,38 @@
-"""The poly learning-rate schedule of LDNet's recipe."""
+"""The poly learning-rate schedule of LDNet's recipe, as torch's own scheduler."""
 
 from __future__ import annotations
 
-import math
+import torch
+
+from ..validation import check_finite, check_positive_int
 
 
-def poly_lr(base_lr: float, step: int, total_steps: int, power: float = 0.9) -> float:
-    """Poly schedule: ``base_lr * (1 - step / total_steps) ** power``; 0 from ``total_steps`` on.
+def poly_schedule(optimizer: torch.optim.Optimizer, total: int, power: float = 0.9,
+                  ) -> torch.optim.lr_scheduler.PolynomialLR:
+    """``lr = base_lr * (1 - k / total) ** power`` after ``k`` calls of ``step()``; 0 from ``total`` on.
 
-    Raises ``ValueError`` for ``total_steps < 1``, ``step < 0``, or a
-    ``base_lr``/``power`` that is not finite (a NaN rate would silently turn
-    every weight into NaN).
+    torch's ``PolynomialLR``; stepped per optimizer step (the package's
+    default) or per epoch (LDNet's code, ``total`` = epochs). Raises
+    ``ValueError`` naming the argument for a ``total`` that is not a positive
+    integer or a ``power`` that is not a finite number >= 0.
     """
-    if total_steps < 1 or step < 0:
-        raise ValueError(f"poly_lr needs total_steps >= 1 and step >= 0, got {total_steps} and {step}")
-    if not (math.isfinite(base_lr) and math.isfinite(power)):
-        raise ValueError(f"poly_lr needs a finite base_lr and power, got {base_lr!r} and {power!r}")
-    return base_lr * max(0.0, 1.0 - step / total_steps) ** power
+    check_positive_int("total", total)
+    check_finite("power", power, low=0.0)
+    return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=power)
+
+
+def lr_values(base_lr: float, total: int, power: float = 0.9) -> list[float]:
+    """The ``total`` learning rates that :func:`poly_schedule` gives, one per step, from ``base_lr``.
+
+    Runs the scheduler itself on a throw-away optimizer, so a plot of these
+    values shows what training uses.
+    """
+    check_finite("base_lr", base_lr, 0.0)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
+    scheduler = poly_schedule(optimizer, total, power)
+    values = []
+    for _ in range(total):
+        values.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # nothing to update (no gradient); keeps the scheduler's step order right
+        scheduler.step()
+    return values

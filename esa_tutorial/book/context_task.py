@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from .blocks import FeedForward, PreNorm
-from .encoder import ConvBNReLU
-from .init import init_parameters, part_generator
-from .ldnet import Attention, check_attention, skip_attention
-from .validation import check_feature_map, check_positive_int, check_seed
+from ..nn.blocks import FeedForward, PreNorm
+from ..nn.encoder import ConvBNReLU
+from ..nn.init import init_parameters, part_generator
+from ..nn.ldnet import Attention, check_attention, skip_attention
+from ..validation import check_feature_map, check_positive_int, check_seed
 
 # Saturated, well separated colours: a disc matches the key by hue, not by a shade.
 PALETTE = np.array(
@@ -170,7 +170,7 @@ class ContextNet(nn.Module):
             ``"none"`` (the same block without its attention layer).
         width, heads, dim_head, mlp_dim: sizes of the features and the block.
         pooling_sizes: ESA's pyramid.
-        seed: initial weights, one generator per part (as :class:`~esa_tutorial.ldnet.LDNet`),
+        seed: initial weights, one generator per part (as :class:`~esa_tutorial.nn.ldnet.LDNet`),
             so the convolutions start equal across attention variants.
     """
 
@@ -217,7 +217,7 @@ def key_attention(model: ContextNet, sample: ContextSample) -> dict[str, torch.T
     For the centre pixel of the target disc, of a distractor disc and of a
     background pixel (the image centre's nearest pixel outside discs and key),
     returns (heads,) tensors: the sum of
-    :func:`~esa_tutorial.attention_maps.effective_pixel_weights` over the
+    :func:`~esa_tutorial.book.attention_maps.effective_pixel_weights` over the
     key's feature pixels. With uniform attention this is the key's share of
     the map's area.
     """

@@ -18,7 +18,7 @@ import torch
 from matplotlib.axes import Axes
 
 from . import attention_maps
-from .ppm import adaptive_bins, num_tokens
+from ..nn.ppm import adaptive_bins, num_tokens
 
 
 

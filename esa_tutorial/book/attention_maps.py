@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .attention import PixelAttention
-from .ppm import adaptive_bins, num_tokens
-from .validation import check_feature_map, check_pooling_sizes
+from ..nn.attention import PixelAttention
+from ..nn.ppm import adaptive_bins, num_tokens
+from ..validation import check_feature_map, check_pooling_sizes
 
 
 @torch.no_grad()

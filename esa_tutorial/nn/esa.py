@@ -42,7 +42,7 @@ from einops import rearrange
 from .attention import PixelAttention
 from .folded import folded_attention
 from .ppm import PPM, num_tokens, pyramid_pool
-from .validation import check_choice
+from ..validation import check_choice
 
 EsaImpl = Literal["folded", "reference", "sdpa"]
 IMPLS: tuple[str, ...] = get_args(EsaImpl)
@@ -123,12 +123,12 @@ class ESA(PixelAttention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, H*W, C)."""
-        self.check_input(x)
+        self.check_input(x)  # once; the bodies below do not check again
         if self.impl == "sdpa":
-            return self.forward_sdpa(x)
+            return self._sdpa(x)
         if self.impl == "reference" or self.literal_is_cheaper(x):
-            return self.forward_reference(x)
-        return self.forward_folded(x)
+            return self._reference(x)
+        return self._folded(x)
 
     def literal_is_cheaper(self, x: torch.Tensor) -> bool:
         """Whether ``forward`` runs the literal form for (B, C, H, W) ``x`` (see :func:`literal_is_cheaper`)."""
@@ -160,10 +160,13 @@ class ESA(PixelAttention):
 
         Always folds, whatever the map size. The pixel-side work runs blocked
         over the pixels and recomputes the probabilities in the backward pass
-        (:func:`~esa_tutorial.folded.folded_attention`), so no (B, N, heads*35)
+        (:func:`~esa_tutorial.nn.folded.folded_attention`), so no (B, N, heads*35)
         tensor is kept for autograd.
         """
         self.check_input(x)
+        return self._folded(x)
+
+    def _folded(self, x: torch.Tensor) -> torch.Tensor:
         a, vo = self.folded_weights(x)
         bias = self.to_out[0].bias if self.project_out else None
         out = folded_attention(x.flatten(2), a, vo, bias, self.heads)  # (B, N, C)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .validation import check_feature_map, check_positive_int
+from ..validation import check_feature_map, check_positive_int
 
 
 class ConvBNReLU(nn.Sequential):
@@ -24,7 +24,7 @@ class ConvBNReLU(nn.Sequential):
     ) -> None:
         super().__init__(
             # No bias by default: in training the batch norm right after cancels it (LDNet's
-            # decoder keeps one, see esa_tutorial.ldnet.DecoderBlock).
+            # decoder keeps one, see esa_tutorial.nn.ldnet.DecoderBlock).
             nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=bias),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),

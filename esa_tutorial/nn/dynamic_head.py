@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .blocks import mask_average_pool
-from .validation import check_feature_map, check_kernel_size, check_positive_int
+from .ppm import mask_average_pool
+from ..validation import check_choice, check_feature_map, check_kernel_size, check_positive_int
 
 
 def dynamic_conv(features: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -80,10 +80,9 @@ def lesion_feature(features: torch.Tensor, prev_logits: torch.Tensor, pooling: P
     ``HeadUpdator.forward``): ``f = sum_p m_p F_p``. The lesion feature grows
     with the predicted area and with the image size.
     ``"mean"``: ``f = sum_p m_p F_p / (sum_p m_p + 5e-4)``, the area-free
-    average that :func:`~esa_tutorial.blocks.mask_average_pool` computes.
+    average that :func:`~esa_tutorial.nn.ppm.mask_average_pool` computes.
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    check_choice("pooling", pooling, POOLINGS)
     check_feature_map(features, None, "lesion_feature")
     b, _, h, w = features.shape
     expected = (b, 1, h // 2, w // 2)
@@ -126,8 +125,7 @@ class HeadUpdater(nn.Module):
     def __init__(self, dim: int, pooling: Pooling = "sum") -> None:
         super().__init__()
         self.dim = check_positive_int("dim", dim)
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        check_choice("pooling", pooling, POOLINGS)
         self.pooling = pooling
         self.lesion_proj = nn.Linear(dim, 2 * dim)
         self.kernel_proj = nn.Linear(dim, 2 * dim)

@@ -36,7 +36,12 @@ import math
 
 import torch
 
-from .validation import autocast_enabled
+from ..validation import autocast_enabled
+
+# The block API: public, so that the benchmark (esa_tutorial.bench.forward_breakdown) times the very
+# functions the forward runs, and a reader can run one block by hand.
+__all__ = ["CPU_BLOCK_ROWS", "block_output", "block_probabilities", "block_scores", "block_shape", "blocks",
+           "folded_attention", "score_keys", "softmax2_per_head_", "softmax_per_head", "spans", "uses_exp2"]
 
 # Rows (images x pixels) per block on the CPU. A (1536, 280) float32 block of scores is 1.6 MiB: it stays in a
 # server CPU's L2/L3 between the three steps. On a 2-core EPYC (2026-11-26, LDNet's four ESA maps at batch 16),

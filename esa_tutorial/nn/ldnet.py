@@ -18,8 +18,9 @@ Five outputs (strides 1, 2, 4, 8, 16), all supervised during training.
 counts (:meth:`LDNet.paper_sized`); the default is four times narrower.
 
 Differences from LDNet's code (``models/LDNet.py`` of ReaFly/LDNet), on
-purpose: the encoder is a small CNN (:mod:`esa_tutorial.encoder`), not
-Res2Net-50 with 1x1 reductions; the outputs are logits, not sigmoids (the loss
+purpose: the encoder is a small CNN (:mod:`esa_tutorial.nn.encoder`), not
+Res2Net-50 with 1x1 reductions (``LDNet.full()`` builds that one:
+``esa_tutorial.nn.res2net``, 33,375,608 parameters as in LDNet); the outputs are logits, not sigmoids (the loss
 then uses the numerically stable BCE-with-logits); one class only. Everything
 after the encoder is LDNet's: with LDNet's weights renamed by
 :func:`ldnet_key_map`, the five outputs are LDNet's (sigmoid applied) to float
@@ -27,7 +28,7 @@ rounding. ``head_pooling="mean"`` is an option of ours, not LDNet's.
 
 The shared parts (encoder, decoders, 1x1 unify convs, kernel generator, head
 updaters) are built before the attention blocks, and with ``seed`` every part
-is drawn from its own generator (:mod:`esa_tutorial.init`), so the shared parts
+is drawn from its own generator (:mod:`esa_tutorial.nn.init`), so the shared parts
 start from identical weights whatever ``attention`` and ``use_lca`` are.
 """
 
@@ -42,14 +43,16 @@ from torch import nn
 
 from .attention import MHSA
 from .blocks import ESABlock, LCABlock
-from .checkpoints import CheckpointError, load_state_dict_file
+from ..checkpoints import CheckpointError, load_state_dict_file
 from .dynamic_head import HeadUpdater, KernelGenerator, Pooling, dynamic_conv
 from .encoder import ConvBNReLU, Encoder
 from .init import init_parameters, part_generator
-from .validation import check_feature_map, check_positive_int, check_same_dtype
+from ..validation import check_choice, check_feature_map, check_positive_int, check_same_dtype
 
 Attention = Literal["esa", "mhsa", "none"]
 ATTENTIONS: tuple[str, ...] = get_args(Attention)
+EncoderKind = Literal["small", "res2net50"]
+ENCODERS: tuple[str, ...] = get_args(EncoderKind)
 # Parts that every variant has; their initial weights do not depend on attention or LCA.
 SHARED_PARTS = ("encoder", "top_decoder", "top_unify", "kernel_generator", "decoders", "unify", "updaters")
 STRIDE = 32  # total downsampling of the encoder: inputs must be multiples of it
@@ -58,9 +61,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 def check_attention(value: object) -> Attention:
     """Return ``value`` if it names a skip attention (``"esa"``, ``"mhsa"``, ``"none"``), else raise."""
-    if value not in ATTENTIONS:
-        raise ValueError(f"attention must be one of {ATTENTIONS}, got {value!r}")
-    return value  # type: ignore[return-value]
+    return check_choice("attention", value, ATTENTIONS)  # type: ignore[return-value]
 
 
 class DecoderBlock(nn.Sequential):
@@ -92,7 +93,7 @@ def skip_attention(
 ) -> nn.Module:
     """The self-attention block on an encoder feature: (B, dim, H, W) -> (B, dim, H, W).
 
-    ``"esa"``: :class:`~esa_tutorial.blocks.ESABlock`. ``"mhsa"``: the same block with its ESA layer
+    ``"esa"``: :class:`~esa_tutorial.nn.blocks.ESABlock`. ``"mhsa"``: the same block with its ESA layer
     swapped for full self-attention of the same size (the ablation baseline).
     ``"none"``: identity.
     """
@@ -108,8 +109,21 @@ def skip_attention(
     return block
 
 
+def build_encoder(kind: EncoderKind, width: int) -> nn.Module:
+    """The encoder called ``kind``: ``"small"`` (:class:`~esa_tutorial.nn.encoder.Encoder` of ``width``)
+    or ``"res2net50"`` (LDNet's Res2Net-50 v1b with 1x1 reductions, which fixes ``width=64``)."""
+    if check_choice("encoder", kind, ENCODERS) == "small":
+        return Encoder(width)
+    if width != 64:
+        raise ValueError(f"encoder='res2net50' gives LDNet's channels 64, 64, 128, 256, 512, so width must be 64, "
+                         f"got {width}")
+    from esa_tutorial.nn.res2net import Res2NetEncoder
+
+    return Res2NetEncoder()
+
+
 def load_encoder_weights(encoder: nn.Module, path: PathLike) -> None:
-    """Load a state dict saved from an :class:`~esa_tutorial.encoder.Encoder` of the same width, with clear errors."""
+    """Load a state dict saved from an :class:`~esa_tutorial.nn.encoder.Encoder` of the same width, with clear errors."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"pretrained_backbone must be a path to a state dict or None, got {type(path).__name__}")
     file = Path(path)
@@ -151,14 +165,17 @@ class LDNet(nn.Module):
         kernel_size: size of the dynamic kernel (LDNet: 1).
         head_pooling: how the head updaters pool the lesion feature,
             ``"sum"`` (LDNet's code) or ``"mean"``
-            (``esa_tutorial.dynamic_head.lesion_feature``).
+            (``esa_tutorial.nn.dynamic_head.lesion_feature``).
         seed: initial weights. Every part (encoder, each decoder, each head
             updater, each attention block...) is drawn from its own generator,
             fixed by ``seed`` and the part's name, so equal seeds give equal
             shared parts across ablation variants. ``None`` draws the seed from
             torch's global generator (one number), so ``torch.manual_seed``
             before building has the same effect.
-        pretrained_backbone: ``None`` or the path of a saved :class:`~esa_tutorial.encoder.Encoder` state dict.
+        pretrained_backbone: ``None`` or the path of a saved :class:`~esa_tutorial.nn.encoder.Encoder` state dict
+            (``encoder="small"``) or of ImageNet Res2Net-50 v1b weights (``encoder="res2net50"``).
+        encoder: ``"small"`` (the default, a compact CNN) or ``"res2net50"``
+            (LDNet's own encoder; :meth:`full` builds the whole paper network).
     """
 
     def __init__(
@@ -175,6 +192,7 @@ class LDNet(nn.Module):
         head_pooling: Pooling = "sum",
         seed: int | None = None,
         pretrained_backbone: PathLike | None = None,
+        encoder: EncoderKind = "small",
     ) -> None:
         super().__init__()
         self.attention = check_attention(attention)
@@ -185,7 +203,8 @@ class LDNet(nn.Module):
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (), device="cpu").item())
         self.seed = seed
-        self.encoder = Encoder(width)
+        self.encoder_kind = encoder
+        self.encoder = build_encoder(encoder, width)
         c = self.encoder.channels  # (w, w, 2w, 4w, 8w), fine to coarse
         skips = c[3::-1]  # e4, e3, e2, e1
         ins = (c[4],) + skips[:-1]  # decoder channels coming from the coarser stage
@@ -203,8 +222,10 @@ class LDNet(nn.Module):
         )
         for name, part in self.parts().items():
             init_parameters(part, part_generator(seed, name))
-        if pretrained_backbone is not None:
+        if pretrained_backbone is not None and encoder == "small":
             load_encoder_weights(self.encoder, pretrained_backbone)
+        elif pretrained_backbone is not None:
+            self.encoder.load_pretrained(pretrained_backbone)
 
     def parts(self) -> dict[str, nn.Module]:
         """The separately initialised parts by name: ``encoder``, ``decoders.0``, ``lca.3``, ..."""
@@ -225,6 +246,28 @@ class LDNet(nn.Module):
         """LDNet's channel and attention sizes (width 64, 8 heads of 64, MLP 512) on our encoder."""
         sizes: dict = dict(width=64, heads=8, dim_head=64, mlp_dim=512)
         return cls(**{**sizes, **kwargs})
+
+    @classmethod
+    def full(cls, **kwargs: object) -> "LDNet":
+        """LDNet's whole network (33,375,608 parameters): :meth:`paper_sized` on Res2Net-50 v1b 26w x 4s.
+
+        ``LDNet.full(pretrained_backbone=path)`` starts the encoder from
+        ImageNet weights (the Res2Net authors' ``res2net50_v1b_26w_4s`` file or
+        timm's ``res2net50d``; ``fc.*`` ignored). Outputs stay logits.
+        """
+        return cls.paper_sized(**{"encoder": "res2net50", **kwargs})
+
+    @classmethod
+    def from_ldnet_checkpoint(cls, path: PathLike, **kwargs: object) -> "LDNet":
+        """:meth:`full` with the weights of a state dict written by LDNet's ``train.py``, in eval mode.
+
+        Strict (every tensor present, no extra, same shapes), ``weights_only``;
+        the ``*List`` aliases, a ``module.`` prefix and the deduplicated form
+        are accepted (:func:`esa_tutorial.nn.ldnet_weights.load_ldnet_checkpoint`).
+        """
+        from esa_tutorial.nn.ldnet_weights import full_model_from_ldnet_file
+
+        return full_model_from_ldnet_file(cls, path, **kwargs)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error unless ``x`` is (B, 3, H, W) with H, W multiples of 32, in the model's dtype."""

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from .validation import check_seed
+from ..validation import check_seed
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
 
