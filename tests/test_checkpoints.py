@@ -200,3 +200,10 @@ def test_a_text_file_as_pretrained_weights_names_the_file(tmp_path: Path) -> Non
     os.symlink("/etc/passwd", tmp_path / "weights.pt")
     with pytest.raises(CheckpointError, match=r"weights\.pt is not a readable torch file"):
         load_state_dict_file(tmp_path / "weights.pt")
+
+
+def test_a_legacy_torch_file_still_loads_as_a_state_dict(tmp_path: Path) -> None:
+    # Published weights saved before torch 1.6 are not zips; they have no compression to refuse.
+    torch.save(_state(), tmp_path / "old.pth", _use_new_zipfile_serialization=False)
+    state = load_state_dict_file(tmp_path / "old.pth")
+    assert state.keys() == _state().keys() and torch.equal(state["conv.weight"], _state()["conv.weight"])
