@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import builtins
 import csv
+import io
 import json
 import os
 import re
@@ -32,10 +33,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import nbformat
 
+from ..files import atomic_write, write_json
 from . import checks, sandbox, tape
 from .release import CODE_STUB, AuthoringError, grade_id, is_solution, is_test, nbgrader_meta
 from .source import exercise_paths
@@ -304,7 +306,7 @@ def run_plan(the_plan: dict[str, Any], setup: Setup, ids: list[str]) -> tuple[sa
     box = Path(tempfile.mkdtemp(prefix="box-", dir=setup.workdir))
     try:
         (box / "out").mkdir()
-        (box / "plan.json").write_text(json.dumps(the_plan), encoding="utf-8")
+        write_json(the_plan, box / "plan.json")
         inside = sandbox.BOX if setup.mode is not None else str(box)
         argv = [sys.executable, "-I", "-m", "esa_tutorial.course.runner", f"{inside}/plan.json", f"{inside}/out"]
         outcome = sandbox.run(argv, box, setup.limits, list(setup.hide), setup.mode)
@@ -518,14 +520,14 @@ def grade(submissions: Path, source: Path | None, setup: Setup, jobs: int = 2) -
 
 
 def write_csv(grades: list[Grade], path: Path) -> None:
-    """Write the scores atomically: a temporary file next to ``path``, then one rename."""
-    fd, tmp = tempfile.mkstemp(prefix=".grades-", suffix=".csv", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-            writer.writeheader()
-            writer.writerows(g.row() for g in grades)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the scores atomically through the package's one writer (:func:`esa_tutorial.files.atomic_write`)."""
+
+    def rows(f: IO[bytes]) -> None:
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(g.row() for g in grades)
+        text.flush()
+        text.detach()  # leave the binary file open for the writer to sync and close
+
+    atomic_write(path, rows)
