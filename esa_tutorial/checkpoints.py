@@ -21,9 +21,24 @@ Two functions are the whole interface::
     ckpt = load_checkpoint("best.pt")   # {"model": ..., "config": ..., "extra": ...}
     model.load_state_dict(ckpt["model"])
 
-A plain ``torch.load`` cannot read these files (the header comes first); use
-:func:`load_checkpoint`. Every failure raises :class:`CheckpointError` (a
-``ValueError``) or ``FileNotFoundError`` with the file's path and what is wrong.
+A plain ``torch.load(path)`` cannot read these files (the header comes
+first); use :func:`load_checkpoint`. Every failure raises
+:class:`CheckpointError` (a ``ValueError``) or ``FileNotFoundError`` with the
+file's path and what is wrong. Without this package, with standard tools only,
+the payload after the header's three lines is an ordinary ``torch.save`` file::
+
+    raw = open("best.pt", "rb").read()
+    header, payload = raw.split(b"\\n", 3)[:3], raw.split(b"\\n", 3)[3]
+    assert hashlib.sha256(payload).hexdigest() == header[1].split()[1].decode()
+    ckpt = torch.load(io.BytesIO(payload), weights_only=True)
+
+Why a header rather than a plain ``torch.save`` file or safetensors beside a
+checksum file: one file that carries its own checksum cannot be copied without
+it, and the optimizer state and history that ``last.pt`` keeps to resume are
+nested containers, which safetensors (flat tensors only) does not hold. The
+models shipped with the package (``pretrained/*.pt``) are plain ``torch.save``
+files that ``torch.load(path, weights_only=True)`` reads, checked against
+``pretrained/manifest.json`` (:func:`esa_tutorial.experiments.verified_path`).
 """
 
 from __future__ import annotations

@@ -207,3 +207,22 @@ def test_a_legacy_torch_file_still_loads_as_a_state_dict(tmp_path: Path) -> None
     torch.save(_state(), tmp_path / "old.pth", _use_new_zipfile_serialization=False)
     state = load_state_dict_file(tmp_path / "old.pth")
     assert state.keys() == _state().keys() and torch.equal(state["conv.weight"], _state()["conv.weight"])
+
+
+def test_the_documented_standard_tools_recipe_reads_a_checkpoint(tmp_path, monkeypatch) -> None:
+    """The module docstring's recipe (hashlib and torch.load only), run as written, reads a checkpoint."""
+    import hashlib
+    import io
+    import textwrap
+
+    import esa_tutorial.checkpoints as checkpoints
+
+    state = {"w": torch.arange(4.0)}
+    checkpoints.save_checkpoint(tmp_path / "best.pt", state, config={"width": 4}, extra={"epoch": 2})
+    doc = checkpoints.__doc__
+    block = doc.split("is an ordinary ``torch.save`` file::\n\n", 1)[1].split("\n\n", 1)[0]
+    namespace = {"hashlib": hashlib, "io": io, "torch": torch}
+    monkeypatch.chdir(tmp_path)
+    exec(textwrap.dedent(block), namespace)  # the assert in the recipe checks the SHA-256
+    torch.testing.assert_close(namespace["ckpt"]["model"]["w"], state["w"], rtol=0, atol=0)
+    assert namespace["ckpt"]["config"] == {"width": 4} and namespace["ckpt"]["extra"] == {"epoch": 2}
