@@ -108,7 +108,7 @@ class LCA(PixelAttention):
 
     (B, C, H, W) features and (B, 1, H, W) mask logits -> (B, H*W, C).
     Keys and values are one token each, so the softmax over them is exactly 1:
-    chapter 4 shows what that means for the queries.
+    chapter 5 shows what that means for the queries.
     """
 
     def tokens(self, t: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """Author and run the book's notebooks.
 
-    python tools/notebooks.py execute notebooks/01_self_attention_cost.ipynb [...]
+    python tools/notebooks.py execute notebooks/02_self_attention_cost.ipynb [...]
     python tools/notebooks.py headers notebooks/*.ipynb notebooks/exercises/*.ipynb
-    python tools/notebooks.py header 01_self_attention_cost "Title"   # print the two header cells
+    python tools/notebooks.py header 02_self_attention_cost "Title"   # print the two header cells
 
 Every notebook starts with the same two cells: a title with an "Open in
 Colab" badge, and a guarded install cell that does nothing outside Colab.
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Notebooks that train a network or time the variants: on Colab they ask for a GPU
 # runtime (Colab's free tier offers a T4). The others run in seconds on a CPU runtime.
-GPU_NOTEBOOKS = frozenset({"05_ldnet_small", "06_ablation", "07_making_esa_fast",
+GPU_NOTEBOOKS = frozenset({"06_ldnet_small", "07_ablation", "09_making_esa_fast",
                            "ex5_ldnet_experiment"})
 COLAB_GPU_METADATA = {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance": []}}
 

@@ -7,7 +7,7 @@ Two suites, each a grid of variants x seeds trained under one protocol:
     :mod:`esa_tutorial.context_task`: no attention vs ESA vs full MHSA.
 ``ablation``
     :class:`~esa_tutorial.ldnet.LDNet` (width 16) on 64x64 synthetic polyps:
-    no attention, ESA, full MHSA, ESA + LCA (chapter 6).
+    no attention, ESA, full MHSA, ESA + LCA (chapter 7).
 
 The protocol makes the variants comparable within a seed: the shared parts
 start from identical weights (asserted before training), every variant sees

@@ -77,7 +77,7 @@ def test_a_short_training_run_on_cuda():
 
 def test_chapter_7_runs_on_cuda(tmp_path):
     """The chapter whose comparisons TF32 could break (Ampere and newer) runs to the end."""
-    source = ROOT / "notebooks" / "07_making_esa_fast.ipynb"
+    source = ROOT / "notebooks" / "09_making_esa_fast.ipynb"
     copy = tmp_path / source.name
     shutil.copy(source, copy)
     nb = nbformat.read(copy, as_version=4)
