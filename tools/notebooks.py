@@ -96,7 +96,10 @@ def header_cells(notebook_stem: str, title: str, subdir: str = "notebooks") -> l
     )
     return [
         nbformat.v4.new_markdown_cell(f"# {title}\n\n{badge}"),
-        nbformat.v4.new_code_cell(INSTALL_CELL.format(source=install_source())),
+        # Collapsed on the site ("hide-input", as the exercises' solutions are): a reader
+        # of the book needs no install; Colab and Jupyter ignore the tag and run it first.
+        nbformat.v4.new_code_cell(INSTALL_CELL.format(source=install_source()),
+                                  metadata={"tags": ["hide-input"]}),
     ]
 
 
@@ -116,7 +119,7 @@ def write_headers(path: Path) -> None:
     new = header_cells(path.stem, title.group(1), subdir)
     for old, cell in zip(nb.cells[:2], new):
         old.source = cell.source
-        old.metadata = {}
+        old.metadata = cell.metadata
     # What the cell prints outside Colab, where notebooks are executed: nothing.
     nb.cells[1].outputs = []
     nb.cells[1].execution_count = 1
