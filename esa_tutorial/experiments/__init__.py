@@ -318,7 +318,7 @@ def verified_path(name: str, folder: Path = PRETRAINED) -> Path:
     """
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"no {MANIFEST} in {folder}: run python -m esa_tutorial.experiments manifest")
+        raise FileNotFoundError(f"no {MANIFEST} in {folder}: run python -m esa_tutorial.experiments manifest --out {folder}")
     manifest = json.loads(manifest_path.read_text())
     if name not in manifest:
         raise FileNotFoundError(f"{name!r} is not in {manifest_path}; known: {sorted(manifest)[:6]}...")
