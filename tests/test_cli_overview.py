@@ -53,7 +53,7 @@ def test_experiments_help_shows_examples_and_the_suites():
     text = experiments_cli.build_parser().format_help()
     for suite in ("context", "ablation", "manifest"):
         assert f"python -m esa_tutorial.experiments {suite}" in text
-        assert re.search(rf"^  {suite}\s+\S", text, re.M), f"no description of {suite}"
+        assert re.search(rf"^    {suite}\s+\S", text, re.M), f"no description of {suite}"
     assert "experiment_runs/<suite>-<date>-<time>" in text
 
 

@@ -7,12 +7,13 @@
     python -m esa_tutorial.experiments context --seeds 0 --steps 100 --out /tmp/try
     python -m esa_tutorial.experiments manifest --out FOLDER   # record SHA-256s of what is there
 
-suites:
-  context   the key-matching task of "What ESA learns": ContextNet without attention,
-            with ESA and with full MHSA
-  ablation  the small LDNet on synthetic polyps of "Ablation": no attention, ESA,
-            full MHSA, ESA + LCA
-  manifest  train nothing; write the SHA-256 of every file in --out to its manifest
+Suites::
+
+    context   the key-matching task of "What ESA learns": ContextNet without attention,
+              with ESA and with full MHSA
+    ablation  the small LDNet on synthetic polyps of "Ablation": no attention, ESA,
+              full MHSA, ESA + LCA
+    manifest  train nothing; write the SHA-256 of every file in --out to its manifest
 
 Each run writes into a new folder, experiment_runs/<suite>-<date>-<time>, unless --out
 names one. The models the book loads ship with the package and stay untouched: to
@@ -45,7 +46,7 @@ from . import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m esa_tutorial.experiments", description=__doc__.replace("::\n\n", ""),
+    p = argparse.ArgumentParser(prog="python -m esa_tutorial.experiments", description=__doc__.replace("\n::\n", "").replace("::\n", ":\n"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", choices=("context", "ablation", "manifest"), help="what to run (see above)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")

@@ -7,7 +7,8 @@
   (outputs wrap) and no figure is wider than the column. Code cells may scroll
   inside their own box there: Python's indentation is its syntax, so code lines
   are not wrapped.
-* No output or paragraph shows a Markdown table as text (``|---|---|``).
+* No output or paragraph shows a Markdown table as text (``|---|---|``), and no
+  inline formula can be parted from the ")" after it by a line break.
 * axe-core 4 with the WCAG 2 A and AA rules finds no violation. axe-core is
   vendored (tests/browser/vendor/axe-core, MPL-2.0, see VENDORED.txt) so that the
   test runs offline and always with the same rules.
@@ -43,7 +44,11 @@ function describe(e) {
          + `${e.clientWidth} px shows ${e.scrollWidth} px: ${text.slice(0, 70)}`;
 }
 function measure() {
-  // Collapsed cells (the install cell, solutions): as a reader sees them once opened.
+  // Collapsed cells (the install cell, solutions): as a reader sees them once opened, the
+  // fade-in finished (axe would otherwise measure the contrast of half-faded text).
+  const still = document.createElement('style');
+  still.textContent = '*, *::before, *::after {animation: none !important; transition: none !important}';
+  document.head.appendChild(still);
   document.querySelectorAll('article details').forEach(d => { d.open = true; });
   const article = document.querySelector('article.bd-article') || document.body;
   const edge = article.getBoundingClientRect().right + 1;
@@ -68,8 +73,12 @@ function measure() {
   article.querySelectorAll('img').forEach(i => {
     if (i.getBoundingClientRect().right > edge) images.push(i.getAttribute('src'));
   });
+  // An inline formula with ")" or punctuation after it that a line break may separate.
+  const loose = [...article.querySelectorAll('span.math')].filter(m =>
+    !m.closest('.math-glued') && m.nextSibling && m.nextSibling.nodeType === Node.TEXT_NODE
+    && /^[)\].,;:]/.test(m.nextSibling.textContent)).map(m => m.textContent + m.nextSibling.textContent.slice(0, 10));
   const page = document.documentElement;
-  done({cut, past, outputs, images, page_scroll: page.scrollWidth, page_width: page.clientWidth});
+  done({cut, past, outputs, images, loose, page_scroll: page.scrollWidth, page_width: page.clientWidth});
 }
 if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
   MathJax.startup.promise.then(measure, measure);
@@ -143,6 +152,8 @@ def test_nothing_is_cut_off_at_a_desktop_window(layout, page):
                      "(shorten the lines or see book/_static/book.css):\n" + "\n".join(cut[:10]))
     assert not report["past"], f"{page}: past the column's edge:\n" + "\n".join(report["past"][:10])
     assert report["page_scroll"] <= report["page_width"], f"{page}: the page scrolls sideways"
+    assert not report["loose"], (f"{page}: punctuation a line break may part from its formula "
+                                 f"(book/_static/math-punctuation.js): {report['loose'][:5]}")
 
 
 @pytest.mark.parametrize("page", all_pages())
@@ -177,14 +188,17 @@ FAULTS = """<!DOCTYPE html><html lang="en"><head><title>faults</title></head><bo
 |---|---|
 | 1 | 2 |</pre></div>
 <img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" width="1" height="1">
+<p>(<span class="math">x</span>) loose</p>
 </article></main></body></html>"""
 
 
 def test_the_checks_find_what_they_look_for(window):
-    """One cut code block, one raw table, one image without alt text: each is reported."""
+    """One cut code block, one raw table, one image without alt text, one formula whose ")"
+    may wrap alone: each is reported."""
     from urllib.parse import quote
     report = window(DESKTOP, "data:text/html," + quote(FAULTS.format(long="x = 1  # " + "y" * 200)),
                     axe=True)
     assert [c["code"] for c in report["cut"]] == [True]
     assert raw_markdown_tables(report) == ["| a | b |\n|---|---|\n| 1 | 2 |"]
     assert "image-alt" in {v["id"] for v in report["axe"]}
+    assert report["loose"] == ["x) loose"]
