@@ -127,8 +127,13 @@ def probe() -> tuple[list[str] | None, str]:
         return drop, "sandboxes run as nobody"
     why = _try([])
     if why is None:
-        return [], (f"sandboxes run as root in their own namespaces, without a process limit "
-                    f"(as nobody: {why_nobody})")
+        # Say in words which mode and why: "as nobody: bwrap: execvp ..." alone told a
+        # teacher neither what was wrong nor what to do.
+        return [], (f"sandboxes run as root in their own namespaces, so the kernel applies no process "
+                    f"limit: the user nobody cannot run this Python (for instance one installed under "
+                    f"/root), which the safer mode needs; with a Python that nobody can run, such as "
+                    f"Debian's /usr/bin/python3, the sandboxes run as nobody with the limit "
+                    f"(the attempt said: {why_nobody})")
     return None, f"bwrap could not start a sandbox: {why}"
 
 
