@@ -101,3 +101,21 @@ def _save_screenshot(driver, path) -> None:
         assert shot.width >= 1000 and shot.height >= 600
         # A blank page is one colour; a rendered one has text, images and formulas.
         assert len(shot.convert("L").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 50
+
+
+NUMBERED_CHAPTERS_JS = r"""
+const read = sel => [...document.querySelectorAll(sel)].map(a => [a.href, a.textContent.trim()]);
+return {sidebar: read('nav.bd-docs-nav a.reference').filter(([, text]) => /^\d+\. /.test(text)),
+        listed: read('article .chapter-link a')};
+"""
+
+
+def test_home_page_lists_every_chapter_with_its_number(driver, visit, base_url):
+    """'What you will build' links every numbered chapter, in order, numbered as the sidebar."""
+    root = toc_pages()[0]
+    visit(root)  # skips a page that was not built
+    driver.get(base_url + root)
+    found = driver.execute_script(NUMBERED_CHAPTERS_JS)
+    assert found["sidebar"], "the sidebar numbers no chapter"
+    assert found["listed"] == found["sidebar"], (
+        f"home page lists {found['listed']}, the sidebar numbers {found['sidebar']}")
