@@ -2,10 +2,10 @@
 
 ::
 
-    python -m esa_tutorial.experiments context             # ContextNet, 3 variants x 3 seeds
-    python -m esa_tutorial.experiments ablation            # LDNet on polyps, 4 variants x 3 seeds
+    python -m esa_tutorial.experiments context    # ContextNet, 3 variants x 3 seeds
+    python -m esa_tutorial.experiments ablation   # LDNet on polyps, 4 variants x 3 seeds
     python -m esa_tutorial.experiments context --seeds 0 --steps 100 --out /tmp/try
-    python -m esa_tutorial.experiments manifest --out FOLDER   # record SHA-256s of what is there
+    python -m esa_tutorial.experiments manifest --out FOLDER   # SHA-256 of each file
 
 Suites::
 
