@@ -19,7 +19,7 @@ Three forward passes compute the same function with the same parameters:
     scale fold into the keys (``A_h = W_q,h^T K_h``, C x 35 per head) and the
     output projection into the values (``V'_h = V_h W_out,h^T``, 35 x C), so
     the work over the N pixels is two matrix products and a softmax over 35
-    columns. Chapter 7 derives it step by step.
+    columns. Chapter 9 derives it step by step.
 
     Folding costs a fixed ``2 * 35 * inner_dim * C * 4`` FLOPs per image (and
     the input is pooled with two small products,
