@@ -13,7 +13,8 @@ from typing import Sequence
 # (module, what it does): every entry is a package with a __main__ (a test checks).
 COMMANDS = (
     ("esa_tutorial.bench", "time, FLOPs and memory of the attention layers, literal vs folded ESA"),
-    ("esa_tutorial.train", "train LDNet on synthetic polyps or on your own image folder"),
+    ("esa_tutorial.train", "train LDNet (small or Res2Net-50, one GPU or several) on polyps"),
+    ("esa_tutorial.evaluate", "score a checkpoint on test folders as LDNet's test.py does"),
     ("esa_tutorial.experiments", "retrain the book's context-task and ablation models"),
     ("esa_tutorial.course", "release the exercises to students and grade what they hand back"),
 )
@@ -31,7 +32,8 @@ def overview() -> str:
     lines += ["", "In Python:",
               textwrap.fill("from esa_tutorial import " + ", ".join(sorted(esa_tutorial.__all__, key=str.lower)),
                             width=88, initial_indent="  ", subsequent_indent="      "),
-              "  and the submodules data, metrics, plotting, attention_maps, checkpoints.",
+              "  and the subpackages nn (the models), train, data, metrics, checkpoints, files,",
+              "  book (the chapters' figures and analyses).",
               "", "The book (make book) derives each piece; its API page documents every one."]
     return "\n".join(lines)
 

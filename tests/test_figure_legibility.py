@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
-from esa_tutorial import plotting  # noqa: E402
+from esa_tutorial.book import plotting  # noqa: E402
 from esa_tutorial.book.attention_maps import show_pyramid  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
