@@ -8,7 +8,7 @@
 - Notebooks that train or time ask Colab for a GPU runtime in their metadata.
 - Student versions (notebooks/exercises/student/, made by the release command) keep
   no badge or one that opens themselves, and the same install cell.
-- A chapter (``notebooks/0*.ipynb``) opens with "What you will learn" and closes
+- A chapter (``notebooks/<two digits>_*.ipynb``) opens with "What you will learn" and closes
   with "Summary" and "Exercises".
 - Chapters refer to each other with {doc}/labels, never with a raw URL of our site.
 - Every {cite} key is in ``book/references.bib``; the bibliography page lists them.
@@ -31,7 +31,7 @@ from IPython.core.inputtransformer2 import TransformerManager
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
-CHAPTERS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
+CHAPTERS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # The notebooks authors edit (chapters and exercise sources) carry header_cells exactly;
 # the student versions made from the exercises by the release command are checked apart.
 SOURCES = CHAPTERS + sorted((ROOT / "notebooks" / "exercises").glob("*.ipynb"))

@@ -96,3 +96,40 @@ def test_show_outputs_orders_panels_coarse_to_fine():
     plotting.show_outputs(torch.zeros(3, 16, 16), torch.zeros(1, 16, 16), outputs)
     titles = [ax.get_title() for ax in _only_figure().axes]
     assert titles[1].startswith("out4: 1x1") and titles[-1].startswith("out0: 16x16")
+
+
+def test_show_truth_and_prediction_puts_image_truth_and_prediction_in_columns():
+    images, masks = torch.rand(3, 3, 16, 16), (torch.rand(3, 1, 16, 16) > 0.5).float()
+    probs = torch.rand(3, 1, 16, 16)
+    plotting.show_truth_and_prediction(images, masks, probs, ["a", "b", "c"])
+    fig = _only_figure()
+    assert len(fig.axes) == 9
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["a", "b", "c"]
+    assert [fig.axes[i].get_ylabel() for i in (0, 3, 6)] == ["image", "ground truth", "prediction"]
+    np.testing.assert_array_equal(np.asarray(fig.axes[4].images[0].get_array()), masks[1, 0].numpy())
+    np.testing.assert_allclose(np.asarray(fig.axes[8].images[0].get_array()), probs[2, 0].numpy())
+
+
+def test_show_truth_and_prediction_names_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"got \(2, 3, 8, 8\), \(2, 1, 8, 8\), \(2, 1, 4, 4\) and 2 titles"):
+        plotting.show_truth_and_prediction(torch.rand(2, 3, 8, 8), torch.rand(2, 1, 8, 8),
+                                           torch.rand(2, 1, 4, 4), ["a", "b"])
+
+
+def test_show_attention_on_image_draws_each_map_over_the_image():
+    maps = torch.rand(2, 4, 16, 16)
+    plotting.show_attention_on_image(torch.rand(3, 16, 16), torch.zeros(1, 16, 16), maps,
+                                     [(1, 2), (10, 12)], ["polyp", "background"], list("abcd"))
+    fig = _only_figure()
+    panels = fig.axes[:8]  # then the colour bar
+    assert len(fig.axes) == 9
+    assert [ax.get_title() for ax in panels[:4]] == list("abcd")
+    np.testing.assert_allclose(np.asarray(panels[6].images[1].get_array()), maps[1, 2].numpy())
+    star = panels[4].get_lines()[0]
+    assert (star.get_xdata()[0], star.get_ydata()[0]) == (12, 10)  # (col, row) of pixel (10, 12)
+
+
+def test_show_attention_on_image_names_the_expected_shape():
+    with pytest.raises(ValueError, match=r"2 pixels and the image's size \(16, 16\), got shape \(2, 4, 8, 8\)"):
+        plotting.show_attention_on_image(torch.rand(3, 16, 16), torch.zeros(1, 16, 16),
+                                         torch.rand(2, 4, 8, 8), [(0, 0), (1, 1)], ["a", "b"], list("abcd"))

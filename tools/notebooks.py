@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Notebooks that train a network or time the variants: on Colab they ask for a GPU
 # runtime (Colab's free tier offers a T4). The others run in seconds on a CPU runtime.
 GPU_NOTEBOOKS = frozenset({"06_ldnet_small", "07_ablation", "09_making_esa_fast",
-                           "ex5_ldnet_experiment"})
+                           "10_ldnet_on_real_polyps", "ex5_ldnet_experiment"})
 COLAB_GPU_METADATA = {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance": []}}
 
 

@@ -292,6 +292,71 @@ def show_predictions(images: torch.Tensor, masks: torch.Tensor, probs: torch.Ten
     fig.tight_layout()
 
 
+def show_truth_and_prediction(images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor,
+                              titles: Sequence[str]) -> None:
+    """Each image above its ground truth and the model's prediction, one column per image.
+
+    ``images`` (n, 3, H, W) in [0, 1], ``masks`` and ``probs`` (n, 1, H, W); ``titles``
+    one per column (e.g. which image and its Dice). Row 3 shows the probability map
+    with the 0.5 contour (the threshold LDNet's test.py uses) in red, the truth in green.
+    """
+    n = images.shape[0]
+    if masks.shape != probs.shape or masks.shape[0] != n or len(titles) != n:
+        raise ValueError(f"expected n images (n, 3, H, W), masks and probabilities (n, 1, H, W) and n "
+                         f"titles; got {tuple(images.shape)}, {tuple(masks.shape)}, {tuple(probs.shape)} "
+                         f"and {len(titles)} titles")
+    fig, axes = plt.subplots(3, n, figsize=(1.9 * n, 5.9), squeeze=False)
+    for i in range(n):
+        axes[0, i].imshow(_np(images[i]).transpose(1, 2, 0).clip(0, 1))
+        axes[0, i].set_title(titles[i], fontsize=8)
+        axes[1, i].imshow(_np(masks[i, 0]), cmap="gray", vmin=0, vmax=1)
+        axes[2, i].imshow(_np(probs[i, 0]), cmap="magma", vmin=0, vmax=1)
+        axes[2, i].contour(_np(masks[i, 0]), levels=[0.5], colors="lime", linewidths=1)
+        axes[2, i].contour(_np(probs[i, 0]), levels=[0.5], colors="red", linewidths=1)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax, label in zip(axes[:, 0], ("image", "ground truth", "prediction")):
+        ax.set_ylabel(label, fontsize=9)
+    fig.tight_layout()
+
+
+def show_attention_on_image(image: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor,
+                            pixels: Sequence[tuple[int, int]], row_titles: Sequence[str],
+                            col_titles: Sequence[str]) -> None:
+    """Where one pixel's attention lands, drawn over the image: a row per pixel, a column per map.
+
+    ``image`` (3, H, W), ``mask`` (1, H, W); ``maps`` (pixels, columns, H, W), e.g.
+    :func:`~esa_tutorial.book.attention_maps.skip_level_maps` averaged over heads
+    (1 = as much as uniform attention); ``pixels`` (row, col) marked with a star.
+    Every panel shares one colour scale, shown by the colour bar.
+    """
+    m = _np(maps)
+    if m.ndim != 4 or m.shape[0] != len(pixels) or m.shape[2:] != tuple(image.shape[-2:]):
+        raise ValueError(f"maps must be (pixels, columns, H, W) with {len(pixels)} pixels and the image's "
+                         f"size {tuple(image.shape[-2:])}, got shape {m.shape}")
+    if len(row_titles) != m.shape[0] or len(col_titles) != m.shape[1]:
+        raise ValueError(f"expected {m.shape[0]} row titles and {m.shape[1]} column titles, "
+                         f"got {len(row_titles)} and {len(col_titles)}")
+    rows, cols = m.shape[:2]
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 0.8, 2.3 * rows), squeeze=False)
+    picture = _np(image).transpose(1, 2, 0).clip(0, 1)
+    vmax = float(m.max())
+    for r, (y, x) in enumerate(pixels):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.imshow(picture)
+            im = ax.imshow(m[r, c], cmap="magma", alpha=0.6, vmin=0, vmax=vmax)
+            ax.contour(_np(mask[0]), levels=[0.5], colors="lime", linewidths=0.8)
+            ax.plot(x, y, "c*", ms=12, mec="k")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(col_titles[c], fontsize=9)
+        axes[r, 0].set_ylabel(row_titles[r], fontsize=9)
+    fig.colorbar(im, ax=axes, shrink=0.8, label="weight / uniform")
+
+
 def show_outputs(image: torch.Tensor, mask: torch.Tensor, outputs: Sequence[torch.Tensor]) -> None:
     """An image with its truth, then the probability map of every output, coarse to fine.
 

@@ -14,6 +14,8 @@
     to image and mask together; sizes scale to smaller images.
 ``download_kvasir`` (``esa_tutorial.data.download``)
     fetch and unpack Kvasir-SEG safely (needs internet; these build machines have none).
+``write_synthetic_folder``, ``split_folder`` (``esa_tutorial.data.kvasir_layout``)
+    a generated stand-in in Kvasir-SEG's folder layout; a seeded train/val/test split of such a folder.
 
 Every sample is ``(image, mask)``: image float32 (3, size, size) in [0, 1],
 mask float32 (1, size, size) in {0, 1}. Images are not normalised; a model
@@ -25,6 +27,7 @@ from .download import KVASIR_URL, download_kvasir
 from .augment import Augmented
 from .folder import IMAGE_SUFFIXES, PolypFolder
 from .images import binarise_mask, read_image, read_mask
+from .kvasir_layout import split_folder, split_plan, write_synthetic_folder
 from .synthetic import SyntheticPolyps, synthetic_polyp
 
 __all__ = [
@@ -41,5 +44,8 @@ __all__ = [
     "download_kvasir",
     "read_image",
     "read_mask",
+    "split_folder",
+    "split_plan",
     "synthetic_polyp",
+    "write_synthetic_folder",
 ]
