@@ -84,7 +84,9 @@ test-browser: book browser-deps
 # --- The reader's own machine: JupyterLab in the same .venv ---------------------------
 # The .venv's python registered as the notebooks' kernel ("python3"), by absolute path.
 LAB_STAMP := $(VENV)/.lab-installed
-LAB_ARGS  ?=
+# As root (a Docker container, a Colab-like machine) Jupyter refuses to start without
+# --allow-root, so root gets it; anyone can set LAB_ARGS to pass other options.
+LAB_ARGS  ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 
 lab-deps: $(LAB_STAMP)
 

@@ -21,9 +21,24 @@ Two functions are the whole interface::
     ckpt = load_checkpoint("best.pt")   # {"model": ..., "config": ..., "extra": ...}
     model.load_state_dict(ckpt["model"])
 
-A plain ``torch.load`` cannot read these files (the header comes first); use
-:func:`load_checkpoint`. Every failure raises :class:`CheckpointError` (a
-``ValueError``) or ``FileNotFoundError`` with the file's path and what is wrong.
+A plain ``torch.load(path)`` cannot read these files (the header comes
+first); use :func:`load_checkpoint`. Every failure raises
+:class:`CheckpointError` (a ``ValueError``) or ``FileNotFoundError`` with the
+file's path and what is wrong. Without this package, with standard tools only,
+the payload after the header's three lines is an ordinary ``torch.save`` file::
+
+    raw = open("best.pt", "rb").read()
+    header, payload = raw.split(b"\\n", 3)[:3], raw.split(b"\\n", 3)[3]
+    assert hashlib.sha256(payload).hexdigest() == header[1].split()[1].decode()
+    ckpt = torch.load(io.BytesIO(payload), weights_only=True)
+
+Why a header rather than a plain ``torch.save`` file or safetensors beside a
+checksum file: one file that carries its own checksum cannot be copied without
+it, and the optimizer state and history that ``last.pt`` keeps to resume are
+nested containers, which safetensors (flat tensors only) does not hold. The
+models shipped with the package (``pretrained/*.pt``) are plain ``torch.save``
+files that ``torch.load(path, weights_only=True)`` reads, checked against
+``pretrained/manifest.json`` (:func:`esa_tutorial.experiments.verified_path`).
 """
 
 from __future__ import annotations
@@ -32,6 +47,8 @@ import hashlib
 import io
 import os
 import pickle
+import stat
+import zipfile
 from pathlib import Path
 from typing import Any, Union
 
@@ -44,6 +61,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 MAGIC = b"ESA-TUTORIAL-CHECKPOINT 1\n"
 FORMAT_VERSION = 1
 MAX_HEADER = 256  # bytes read to find the header; the real one is about 120
+MAX_FILE_BYTES = 8 * 2**30  # far above any model here (a full LDNet is a few hundred MB)
+MAX_ZIP_MEMBERS = 100_000
 
 
 class CheckpointError(ValueError):
@@ -56,6 +75,11 @@ def _check_state_dict(state: Any, what: str, action: str = "load") -> None:
     for name, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{what}[{name!r}] must be a tensor, got {type(value).__name__}")
+        if value.layout == torch.strided and value.device.type != "meta" and \
+                value.untyped_storage().nbytes() < value.numel() * value.element_size():
+            # A one-element storage viewed as billions (stride 0): checking it would allocate them all.
+            raise ValueError(f"{what}[{name!r}] of shape {tuple(value.shape)} has only "
+                             f"{value.untyped_storage().nbytes()} bytes behind it (an expanded view), not a weight")
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise ValueError(
                 f"refusing to {action} a model with non-finite weights: {what}[{name!r}] holds NaN or inf "
@@ -136,7 +160,7 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
         raise CheckpointError(f"checkpoint {path} is a folder; give the file inside it, e.g. {path / 'best.pt'}")
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
-    raw = path.read_bytes()
+    raw = read_regular_file(path, MAX_FILE_BYTES, "checkpoint")
     if not raw:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): a write that never finished, or not a checkpoint")
     digest, length, offset = _read_header(raw, path)
@@ -152,9 +176,12 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
             f"checkpoint {path} is corrupted: the SHA-256 of its payload is {actual[:12]}..., "
             f"the header says {digest[:12]}... (a changed byte since it was written)"
         )
-    state = _torch_load(io.BytesIO(payload), path, map_location)
+    state = _torch_load(stored_zip(payload, path), path, map_location)
     if not isinstance(state, dict) or "format" not in state:
         raise CheckpointError(f"checkpoint {path} holds {type(state).__name__}, expected the dict save_checkpoint writes")
+    if state["format"] != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} is in format {state['format']!r}; this version of esa_tutorial "
+                              f"reads format {FORMAT_VERSION} only")
     missing = [k for k in ("model", "config", "extra") if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}")
@@ -182,8 +209,64 @@ def _torch_load(source: Any, path: Path, map_location: str | torch.device) -> An
             f"{path} holds objects other than tensors and plain containers, so it is not loaded "
             f"(only weights are trusted): {reason}"
         ) from None
-    except (RuntimeError, EOFError, OSError, KeyError, UnicodeDecodeError, ValueError, TypeError) as err:
+    except Exception as err:  # noqa: BLE001 -- torch's unpickler raises many kinds; all mean "not a torch file"
         raise CheckpointError(f"{path} is not a readable torch file ({type(err).__name__}: {err})") from None
+
+
+def read_regular_file(path: Path, max_bytes: int, what: str) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``max_bytes``; else a CheckpointError naming it.
+
+    Opened without blocking and checked before reading: a FIFO would hang a
+    plain read, a link to ``/dev/zero`` would fill the memory.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as err:
+        raise CheckpointError(f"{what} {path} cannot be opened: {err.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise CheckpointError(f"{what} {path} is not a regular file (a device, a pipe or a socket)")
+        if info.st_size > max_bytes:
+            raise CheckpointError(f"{what} {path} is {info.st_size} bytes, more than the {max_bytes} read")
+        return f.read(max_bytes + 1)
+
+
+def stored_zip(data: bytes, path: PathLike, max_bytes: int = MAX_FILE_BYTES,
+               max_members: int = MAX_ZIP_MEMBERS) -> io.BytesIO:
+    """``torch.save`` bytes, checked and copied into a fresh zip before ``torch.load`` sees them.
+
+    torch writes its zips uncompressed; a compressed member could inflate to
+    any size, so it is refused, as are more than ``max_members`` members or
+    more than ``max_bytes`` in all. The copy holds exactly the members that
+    Python's ``zipfile`` read, so torch's reader cannot see others. Bytes that
+    are not a zip pass unchanged: torch's legacy format (before torch 1.6, as
+    some published weights are) has no compression. Raises a
+    :class:`CheckpointError` naming ``path``.
+    """
+    if not data.startswith(b"PK"):
+        return io.BytesIO(data)
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = archive.infolist()
+        if not members or len(members) > max_members:
+            raise CheckpointError(f"{path} holds {len(members)} zip members (1 to {max_members} expected)")
+        packed = [m.filename for m in members if m.compress_type != zipfile.ZIP_STORED]
+        if packed:
+            raise CheckpointError(f"{path} has a compressed member {packed[0]!r}; torch.save writes none")
+        if sum(m.file_size for m in members) > max_bytes:
+            raise CheckpointError(f"{path} holds more than {max_bytes} bytes once unpacked")
+        fresh = io.BytesIO()
+        with zipfile.ZipFile(fresh, "w", zipfile.ZIP_STORED) as out:
+            for m in members:
+                with archive.open(m) as f:
+                    out.writestr(m.filename, f.read(max_bytes + 1))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, RuntimeError, EOFError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"{path} is not a readable torch file ({type(err).__name__}: {err})") from None
+    fresh.seek(0)
+    return fresh
 
 
 def load_state_dict_file(path: PathLike) -> dict[str, torch.Tensor]:
@@ -197,14 +280,13 @@ def load_state_dict_file(path: PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is a folder, expected a state-dict file")
     if not path.exists():
         raise FileNotFoundError(f"no file at {str(path)!r}")
-    if path.stat().st_size == 0:
+    raw = read_regular_file(path, MAX_FILE_BYTES, "state-dict file")
+    if not raw:
         raise CheckpointError(f"{path} is empty (0 bytes), expected a state dict saved with torch.save")
-    with path.open("rb") as f:
-        if f.read(len(MAGIC)) == MAGIC:
-            raise CheckpointError(f"{path} is a checkpoint written by save_checkpoint, not a plain state dict: "
-                                  "read it with load_checkpoint (a model: esa_tutorial.train.model_from_checkpoint)")
-        f.seek(0)
-        state = _torch_load(f, path, "cpu")
+    if raw.startswith(MAGIC):
+        raise CheckpointError(f"{path} is a checkpoint written by save_checkpoint, not a plain state dict: "
+                              "read it with load_checkpoint (a model: esa_tutorial.train.model_from_checkpoint)")
+    state = _torch_load(stored_zip(raw, path), path, "cpu")
     try:
         _check_state_dict(state, "the file")
     except (TypeError, ValueError) as err:

@@ -13,7 +13,7 @@ FLOPs are those :class:`torch.utils.flop_counter.FlopCounterMode` counts:
 matrix products and convolutions, two FLOPs per multiply-add. Softmax,
 pooling and elementwise work are not counted: they do a few operations per
 element, little arithmetic next to the products, although their memory
-traffic can still cost real time (chapter 7 measures how much).
+traffic can still cost real time (chapter 9 measures how much).
 
 The counter sees every operation of a forward pass, on any device: the
 package runs no work on threads of its own, whose operations a dispatch mode

@@ -210,3 +210,69 @@ def test_submissions_are_named_by_folder_or_file(tmp_path):
         (tmp_path / rel).write_text("{}")
     found = {(s, e.stem if e else None) for _, s, e in A.find_submissions(tmp_path, SOURCES)}
     assert found == {("alice", "ex1_ppm"), ("bob", "ex2_esa_forward"), ("carol", "ex1_ppm"), ("erin", None)}
+
+
+# ----------------------------------------------------------------- fuzz round 2 (R6, R7): odd submissions
+
+
+def test_a_fifo_named_like_a_notebook_is_refused_without_blocking(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "ex1_ppm.ipynb")
+    with pytest.raises(A.Malformed, match="not a regular file"):
+        A.read_submission(tmp_path / "ex1_ppm.ipynb")
+
+
+def test_an_oversized_notebook_is_refused_before_it_is_read(tmp_path):
+    big = tmp_path / "ex1_ppm.ipynb"
+    with open(big, "wb") as f:
+        f.truncate(A.MAX_NOTEBOOK_BYTES + 1)  # sparse: no 20 MiB written
+    with pytest.raises(A.Malformed, match=r"MiB the grader reads; clear the outputs"):
+        A.read_submission(big)
+
+
+def test_too_many_cells_are_refused_before_validation(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("") for _ in range(A.MAX_CELLS + 1)])
+    path = tmp_path / "ex1_ppm.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(A.Malformed, match=f"{A.MAX_CELLS + 1} cells"):
+        A.read_submission(path)
+
+
+def test_deeply_nested_json_is_malformed_not_a_grader_error(tmp_path):
+    path = tmp_path / "ex1_ppm.ipynb"
+    path.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(A.Malformed, match="nested too deeply"):
+        A.read_submission(path)
+
+
+@pytest.mark.parametrize("nbgrader", [None, [], "x", {"grade_id": 5}])
+def test_damaged_nbgrader_metadata_is_malformed_with_the_cell(tmp_path, nbgrader):
+    nb = A.release_notebook(read(EX1))
+    nb.cells[3].metadata["nbgrader"] = nbgrader
+    path = tmp_path / "ex1_ppm.ipynb"
+    path.write_text(json.dumps(nb))
+    with pytest.raises(A.Malformed, match="cell 3 has damaged grading metadata"):
+        A.read_submission(path)
+
+
+def test_a_copied_answer_cell_is_refused_and_named():
+    source = read(EX1)
+    student = A.release_notebook(source)
+    answer = nbformat.from_dict(json.loads(json.dumps(cell(student, "ppm_solution"))))
+    answer.source = "def my_ppm(x, pooling_sizes=(1, 3, 5)):\n    return x"
+    index = student.cells.index(cell(student, "ppm_solution"))
+    student.cells.insert(index + 1, answer)  # Jupyter's copy-cell: the stub first, the answer in the copy
+    with pytest.raises(A.Malformed, match=r"answer cell 'ppm_solution' appears 2 times .*delete the copies"):
+        A.answers(student, source)
+
+
+def test_names_and_reasons_are_printed_with_control_characters_escaped(tmp_path):
+    forged = "x\n  zz_fake ex1_ppm.ipynb 7/7\x1b]0;title\x07\x1b[1A\x1b[2K\x1b[2J\u202e"
+    g = A.Grade(student="eve\x1b[2J", notebook="ex1_ppm.ipynb", max_score=7, status="crashed", reason=forged)
+    line = g.summary()
+    assert all(ch.isprintable() for ch in line) and "\\x1b[2J" in line and "\\n  zz_fake" in line
+    A.write_csv([g], tmp_path / "grades.csv")
+    with open(tmp_path / "grades.csv", newline="", encoding="utf-8") as f:
+        (row,) = csv.DictReader(f)
+    assert row["reason"] == forged and row["student"] == "eve\x1b[2J"  # the CSV keeps the exact text

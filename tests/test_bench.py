@@ -161,12 +161,15 @@ def test_main_writes_json_and_plots(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--device", "meta"], "--device must be cpu or cuda"),
     (["--device", "nonexistent"], "--device"),
-    (["--repeats", "0"], "--repeats: must be an integer >= 1, got 0"),
-    (["--repeats", "-2"], "--repeats: must be an integer >= 1, got -2"),
-    (["--mhsa-limit-gb", "0"], "--mhsa-limit-gb: must be a finite number > 0, got 0"),
-    (["--mhsa-limit-gb", "nan"], "--mhsa-limit-gb: must be a finite number > 0, got nan"),
-    (["--min-run-time", "inf"], "--min-run-time: must be a finite number > 0, got inf"),
-    (["--shape", "1", "8", "0", "3"], "--shape: must be an integer >= 1, got 0"),
+    (["--repeats", "0"], "--repeats: must be an integer from 1 to 100000, got 0"),
+    (["--repeats", "-2"], "--repeats: must be an integer from 1 to 100000, got -2"),
+    (["--mhsa-limit-gb", "0"], "--mhsa-limit-gb: must be a finite number in (0, 1e+06], got 0"),
+    (["--mhsa-limit-gb", "nan"], "--mhsa-limit-gb: must be a finite number in (0, 1e+06], got nan"),
+    (["--min-run-time", "inf"], "--min-run-time: must be a finite number in (0, 1e+06], got inf"),
+    (["--min-run-time", "1e308"], "--min-run-time: must be a finite number in (0, 1e+06], got 1e308"),
+    (["--shape", "1", "8", "0", "3"], "--shape: must be an integer from 1 to 100000, got 0"),
+    (["--shape", "99999999999999999999", "8", "3", "3"], "--shape: must be an integer from 1 to 100000"),
+    (["--repeats", "1e5"], "--repeats: must be a whole number, got '1e5'"),
     (["--ldnet-step", "--ldnet-size", "100"], "--ldnet-size must be a multiple of 32, got 100"),
 ])
 def test_bad_options_are_rejected_before_any_work(args, message, tmp_path, capsys):

@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from esa_tutorial.nn.blocks import LCA, ESABlock, LCABlock, mask_average_pool
+from esa_tutorial.nn.attention import LCA
+from esa_tutorial.nn.blocks import ESABlock, LCABlock
+from esa_tutorial.nn.ppm import mask_average_pool
 from oracle import naive_attention, naive_esa
 
 DIM, HEADS, DIM_HEAD, MLP = 6, 2, 4, 10

@@ -81,14 +81,14 @@ def test_the_citation_must_be_in_the_same_sentence(tmp_path):
 
 def test_a_typed_chapter_number_fails_and_a_link_passes(tmp_path):
     bad = _notebook(tmp_path, _md("As in chapter 2, we pool."), name="bad.ipynb")
-    good = _notebook(tmp_path, _md("As in [Pyramid pooling](02_pyramid_pooling.ipynb), we pool."),
+    good = _notebook(tmp_path, _md("As in [Pyramid pooling](03_pyramid_pooling.ipynb), we pool."),
                      name="good.ipynb")
     assert _rules(book_truth.check_paths([bad])) == ["chapter-number"]
     assert book_truth.check_paths([good]) == []
 
 
 def test_myst_roles_fail_in_notebooks_but_not_on_book_pages(tmp_path):
-    text = "See {doc}`02_pyramid_pooling` and {cite}`zhang2022ldnet`.\n\n(my-label)=\n## Title\n"
+    text = "See {doc}`03_pyramid_pooling` and {cite}`zhang2022ldnet`.\n\n(my-label)=\n## Title\n"
     nb = _notebook(tmp_path, _md(text))
     page = tmp_path / "page.md"
     page.write_text(text)

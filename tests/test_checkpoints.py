@@ -144,3 +144,85 @@ def test_plain_state_dict_file_round_trip(tmp_path: Path) -> None:
     torch.save(_state(), tmp_path / "enc.pt")
     loaded = load_state_dict_file(tmp_path / "enc.pt")
     torch.testing.assert_close(loaded["conv.weight"], _state()["conv.weight"])
+
+
+# ----------------------------------------------------------------- fuzz round 2 (R9)
+
+
+def _deflated(data: bytes) -> bytes:
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name))
+    return out.getvalue()
+
+
+def test_a_link_to_dev_zero_is_refused_without_reading_it(tmp_path: Path) -> None:
+    os.symlink("/dev/zero", tmp_path / "zero.pt")
+    with pytest.raises(CheckpointError, match=r"zero\.pt is not a regular file"):
+        load_checkpoint(tmp_path / "zero.pt")
+    with pytest.raises(CheckpointError, match=r"zero\.pt is not a regular file"):
+        load_state_dict_file(tmp_path / "zero.pt")
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.pt")
+    with pytest.raises(CheckpointError, match=r"pipe\.pt is not a regular file"):
+        load_checkpoint(tmp_path / "pipe.pt")
+
+
+def test_a_signed_expanded_tensor_is_refused_before_it_is_materialised(tmp_path: Path) -> None:
+    # 1.5e9 elements backed by one float: checking it for NaN would allocate 6 GB.
+    huge = torch.zeros(1).expand(1_500_000_000)
+    payload = _torch_bytes({"format": 1, "model": {"w": huge}, "config": {}, "extra": {}})
+    (tmp_path / "x.pt").write_bytes(_with_header(payload))
+    with pytest.raises(CheckpointError, match=r"x\.pt: .*'w'.* has only 4 bytes behind it"):
+        load_checkpoint(tmp_path / "x.pt")
+
+
+def test_a_compressed_payload_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
+    payload = _deflated(_torch_bytes({"format": 1, "model": _state(), "config": {}, "extra": {}}))
+    (tmp_path / "z.pt").write_bytes(_with_header(payload))
+    with pytest.raises(CheckpointError, match=r"z\.pt has a compressed member"):
+        load_checkpoint(tmp_path / "z.pt")
+
+
+def test_an_unknown_format_is_refused(tmp_path: Path) -> None:
+    payload = _torch_bytes({"format": 99, "model": _state(), "config": {}, "extra": {}})
+    (tmp_path / "f.pt").write_bytes(_with_header(payload))
+    with pytest.raises(CheckpointError, match=r"f\.pt is in format 99; .* reads format 1 only"):
+        load_checkpoint(tmp_path / "f.pt")
+
+
+def test_a_text_file_as_pretrained_weights_names_the_file(tmp_path: Path) -> None:
+    os.symlink("/etc/passwd", tmp_path / "weights.pt")
+    with pytest.raises(CheckpointError, match=r"weights\.pt is not a readable torch file"):
+        load_state_dict_file(tmp_path / "weights.pt")
+
+
+def test_a_legacy_torch_file_still_loads_as_a_state_dict(tmp_path: Path) -> None:
+    # Published weights saved before torch 1.6 are not zips; they have no compression to refuse.
+    torch.save(_state(), tmp_path / "old.pth", _use_new_zipfile_serialization=False)
+    state = load_state_dict_file(tmp_path / "old.pth")
+    assert state.keys() == _state().keys() and torch.equal(state["conv.weight"], _state()["conv.weight"])
+
+
+def test_the_documented_standard_tools_recipe_reads_a_checkpoint(tmp_path, monkeypatch) -> None:
+    """The module docstring's recipe (hashlib and torch.load only), run as written, reads a checkpoint."""
+    import hashlib
+    import io
+    import textwrap
+
+    import esa_tutorial.checkpoints as checkpoints
+
+    state = {"w": torch.arange(4.0)}
+    checkpoints.save_checkpoint(tmp_path / "best.pt", state, config={"width": 4}, extra={"epoch": 2})
+    doc = checkpoints.__doc__
+    block = doc.split("is an ordinary ``torch.save`` file::\n\n", 1)[1].split("\n\n", 1)[0]
+    namespace = {"hashlib": hashlib, "io": io, "torch": torch}
+    monkeypatch.chdir(tmp_path)
+    exec(textwrap.dedent(block), namespace)  # the assert in the recipe checks the SHA-256
+    torch.testing.assert_close(namespace["ckpt"]["model"]["w"], state["w"], rtol=0, atol=0)
+    assert namespace["ckpt"]["config"] == {"width": 4} and namespace["ckpt"]["extra"] == {"epoch": 2}

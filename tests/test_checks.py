@@ -354,3 +354,33 @@ def test_exercise_3_solutions_pass_every_random_draw_of_the_grader() -> None:
     for seed in range(40):
         course_checks.check_esa_flops(namespace["esa_flops"], seed=seed)
         course_checks.check_mhsa_flops(namespace["mhsa_flops"], seed=seed)
+
+
+# ----------------------------------------------------------------- fuzz round 2 (R3): shapes before values
+
+
+def test_check_esa_refuses_gradients_of_the_wrong_shape(monkeypatch):
+    # An empty gradient is allclose to anything (it broadcasts): 6/6 for a detached forward before.
+    real = course_checks._run_esa
+
+    def forged(*args, **kwargs):
+        result = real(*args, **kwargs)
+        return {**result, "dx": torch.zeros(0, 1, 1, 1, 1), "dw": torch.zeros(0, 1, 1, 1, 1)}
+
+    monkeypatch.setattr(course_checks, "_run_esa", forged)
+    with pytest.raises(CheckFailed, match=r"gradient .* has shape \(0, 1, 1, 1, 1\), expected \(2, 8, 7, 9\)"):
+        check_esa(GoodESA)
+
+
+def test_compare_refuses_a_broadcastable_or_complex_answer():
+    expected = torch.ones(2, 3)
+    with pytest.raises(CheckFailed, match=r"has shape \(1,\), expected \(2, 3\)"):
+        course_checks._compare(torch.ones(1), expected, "x", "case")
+    with pytest.raises(CheckFailed, match="dtype torch.complex64"):
+        course_checks._compare(torch.ones(2, 3, dtype=torch.complex64), expected, "x", "case")
+
+
+@pytest.mark.parametrize("got", [[1, 2], torch.ones(3), "12", float("inf"), True])
+def test_a_count_must_be_one_finite_number(got):
+    with pytest.raises(CheckFailed, match="should return a number|finite count"):
+        course_checks._as_number(got, "your count", "case")

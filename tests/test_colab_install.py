@@ -31,7 +31,7 @@ from nbclient.exceptions import CellExecutionError
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]
 GITHUB_SOURCE = f"git+{CONFIG['url'].rstrip('/')}@{CONFIG.get('branch', 'main')}"
-NOTEBOOK = ROOT / "notebooks" / "01_self_attention_cost.ipynb"
+NOTEBOOK = ROOT / "notebooks" / "02_self_attention_cost.ipynb"
 KERNEL = "fake-colab"
 STEP_SECONDS = 240  # a bound on every subprocess and cell; none needs a tenth of it
 

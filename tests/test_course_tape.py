@@ -70,3 +70,48 @@ def test_plain_keeps_data_and_refuses_objects():
     value = tape.plain({"a": (1, 2.5, "x"), "t": torch.ones(2), "s": {3, 1}, "o": object()})
     assert value["a"] == (1, 2.5, "x") and value["s"] == [1, 3] and value["o"] == {"unrecordable": "object"}
     assert torch.equal(value["t"], torch.ones(2))
+
+
+# ----------------------------------------------------------------- reading a tape back (fuzz round 2, R2)
+
+
+def _saved(obj, deflate=False) -> bytes:
+    import zipfile
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    if not deflate:
+        return buffer.getvalue()
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name))
+    return out.getvalue()
+
+
+def test_a_recorded_tape_loads_back_unchanged():
+    recording = tape.Recording(7)
+    with tape.mode(recording):
+        checks.check_adaptive_bins(_good_bins)
+    entries = tape.load(_saved(recording.tape), 2**23)
+    assert entries == recording.tape and len(entries) == 7
+
+
+@pytest.mark.parametrize("forged, reason", [
+    (lambda: _saved([{"value": torch.zeros(1, dtype=torch.long).expand(3_000_000, 2)}]), "6000000 elements"),
+    (lambda: _saved([{"value": torch.zeros(4).expand(100, 4)}]), "does not own its elements"),
+    (lambda: _saved([{"value": torch.zeros(1000)}], deflate=True), "compressed member"),
+    (lambda: _saved([[[0] * 1000] * 1000] * 1000), "more than 200000 recorded values"),
+    (lambda: _saved([2**70]), "beyond 64 bits"),
+    (lambda: _saved([torch.zeros(3, dtype=torch.complex64)]), "dtype torch.complex64"),
+    (lambda: _saved({"not": "a list"}), "a tape is a list"),
+    (lambda: b"PK\x03\x04 not really a zip", "not a readable torch file"),
+])
+def test_a_forged_tape_is_refused_before_it_is_materialised(forged, reason):
+    with pytest.raises(tape.TapeError, match=reason):
+        tape.load(forged(), 2**23)
+
+
+def test_a_tape_larger_than_the_limit_is_refused():
+    with pytest.raises(tape.TapeError, match="more than 1000 bytes"):
+        tape.load(_saved([torch.zeros(1000)]), 1000)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -74,3 +75,56 @@ def test_make_test_names_what_to_install_without_apt_get(tmp_path):
     assert "has no apt-get" in run.stdout
     assert "'chromium' and 'chromedriver'" in run.stdout
     assert "make test-unit test-notebooks test-book test-lab" in run.stdout
+
+
+def _first_bash_block(text: str, after: str) -> str:
+    return re.search(r"```bash\n(.*?)```", text[text.index(after):], re.S).group(1)
+
+
+@pytest.mark.parametrize("doc,after", [("README.md", "## Set up"), ("book/intro.md", "**On your machine**")])
+def test_cpu_only_readers_meet_torch_index_in_the_first_set_up_block(doc, after):
+    """TORCH_INDEX counts only when .venv is first made, so it must come before any make."""
+    block = _first_bash_block(DOCS[doc], after)
+    first_make = next(line for line in block.splitlines() if line.lstrip().startswith("make "))
+    assert "TORCH_INDEX=https://download.pytorch.org/whl/cpu" in first_make, (doc, first_make)
+
+
+def _pins(path: Path) -> dict[str, str]:
+    lines = (ROOT / path).read_text().splitlines()
+    return dict(line.split("==", 1) for line in lines if "==" in line and not line.startswith("#"))
+
+
+def test_every_pin_installs_on_the_oldest_python_make_accepts():
+    """requirements.txt must install on the Python the Makefile lets through (Debian 12's
+    3.11.2 for 3.11): each pinned release's Requires-Python must admit it."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.specifiers import SpecifierSet
+
+    oldest = ".".join(re.search(r"sys\.version_info < \((\d+), (\d+)(?:, (\d+))?\)", MAKEFILE)
+                      .group(1, 2)) + ".0"
+    refused = {}
+    for name, pinned in _pins(Path("requirements.txt")).items():
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            pytest.fail(f"{name}=={pinned} is pinned but not installed: run make venv")
+        if dist.version.split("+")[0] != pinned.split("+")[0]:
+            pytest.fail(f"{name}: {dist.version} installed, {pinned} pinned: run make venv")
+        requires = dist.metadata.get("Requires-Python")
+        if requires and oldest not in SpecifierSet(requires):
+            refused[f"{name}=={pinned}"] = requires
+    assert not refused, f"pins that do not install on Python {oldest}: {refused}"
+
+
+@needs_make
+def test_make_lab_adds_allow_root_only_for_root():
+    """Jupyter refuses to run as root without --allow-root; as anyone else it is not needed."""
+    run = subprocess.run([MAKE, "-n", "--no-print-directory", "lab"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    lab = [line for line in run.stdout.splitlines() if "jupyter-lab --notebook-dir=notebooks" in line]
+    assert lab, run.stdout + run.stderr
+    assert ("--allow-root" in lab[-1]) == (os.geteuid() == 0), lab[-1]
+    chosen = subprocess.run([MAKE, "-n", "--no-print-directory", "lab", "LAB_ARGS=--no-browser"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert chosen.stdout.rstrip().splitlines()[-1].endswith("--notebook-dir=notebooks --no-browser")

@@ -177,3 +177,18 @@ def test_property_esa_matches_naive_reference(batch, height, width, dim, heads, 
     out = run(esa, x)
     assert out.shape == (batch, height * width, dim)
     torch.testing.assert_close(out, naive_esa(esa, x, sizes), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("impl", ["reference", "sdpa", "folded"])
+@pytest.mark.parametrize("kind", ["sparse_coo", "quantized", "nested"])
+def test_a_sparse_quantized_or_nested_input_is_refused_by_name(impl, kind):
+    # Fuzz round 2, R11: a sparse input failed inside conv with "unsupported memory format option".
+    import warnings
+
+    x = torch.randn(1, 8, 5, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantized tensors are deprecated in recent torch
+        odd = {"sparse_coo": lambda: x.to_sparse(), "quantized": lambda: torch.quantize_per_tensor(x, 0.1, 0, torch.quint8),
+               "nested": lambda: torch.nested.nested_tensor([x[0], x[0]])}[kind]()
+    with pytest.raises(TypeError, match=f"ESA expects a dense \\(strided\\) floating-point tensor, got a {kind}"):
+        ESA(8, 2, 4, impl=impl)(odd)

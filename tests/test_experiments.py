@@ -101,7 +101,8 @@ def test_cli_trains_a_tiny_suite(tmp_path, capsys) -> None:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--steps", "0"], "--steps must be at least 1, got 0"),
+        (["--steps", "0"], "--steps must be an integer from 1 to 10000000, got 0"),
+        (["--steps", "99999999999999999999"], "--steps must be an integer from 1 to 10000000"),
         (["--seeds", "-1"], r"--seeds must lie in \[0, 2\*\*32\), got \[-1\]"),
     ],
 )

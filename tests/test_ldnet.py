@@ -318,3 +318,15 @@ def test_ldnet_runs_on_meta_tensors() -> None:
         model = LDNet(**TINY)
         outputs = model(torch.empty(1, 3, 64, 64))
     assert tuple(outputs[0].shape) == (1, 1, 64, 64) and outputs[0].is_meta
+
+
+@pytest.mark.parametrize("kernel_size", [2, 4, 0, -1, 1.5, True])
+def test_ldnet_refuses_a_kernel_size_that_is_not_a_positive_odd_integer(kernel_size):
+    # Fuzz rounds 1 and 2: kernel_size=2 was accepted (an even kernel shifts the map by half a pixel).
+    with pytest.raises(ValueError, match="kernel_size must be a positive odd integer"):
+        LDNet(width=8, kernel_size=kernel_size)
+
+
+def test_ldnet_refuses_a_sparse_image_by_name():
+    with pytest.raises(TypeError, match="LDNet expects a dense .* got a sparse_coo tensor"):
+        LDNet(width=8)(torch.randn(1, 3, 64, 64).to_sparse())

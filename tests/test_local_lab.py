@@ -32,7 +32,7 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTER = "02_pyramid_pooling.ipynb"  # the quickest chapter (about 25 s on a laptop CPU)
+CHAPTER = "03_pyramid_pooling.ipynb"  # the quickest chapter (about 25 s on a laptop CPU)
 START_SECONDS = 120
 CELL_SECONDS = 300
 

@@ -85,8 +85,10 @@ def test_notebook_starts_with_the_badge_and_the_guarded_install(path):
     expected = nbtools.header_cells(path.stem, title.group(1), subdir=subdir)
     assert cells[0].source == expected[0].source, f"{_rel(path)}: run tools/notebooks.py headers"
     assert cells[1].source == expected[1].source, f"{_rel(path)}: run tools/notebooks.py headers"
-    # Executed outside Colab, the install cell prints nothing.
+    # Executed outside Colab, the install cell prints nothing; on the site it is collapsed.
     assert cells[1].outputs == []
+    assert "hide-input" in cells[1].metadata.get("tags", []), (
+        f"{_rel(path)}: the install cell needs the 'hide-input' tag (tools/notebooks.py headers)")
     # Independently of the tool: a chapter's badge opens this very notebook, an
     # exercise's badge its student version, from the branch in _config.yml.
     opened = _rel(path)

@@ -61,13 +61,15 @@ def test_show_bins_draws_one_bar_per_bin_and_shades_shared_pixels():
     assert len(shaded) == 4  # pixels 1, 2, 4 and 5 belong to two of the five bins
 
 
-def test_show_token_attention_lays_out_pixels_by_heads_by_levels():
+def test_show_token_attention_lays_out_one_row_per_pixel_and_head():
     rows = {"a": ((1, 2), [torch.rand(35), torch.rand(35)]), "b": ((3, 4), [torch.rand(35)] * 2)}
     plotting.show_token_attention(np.zeros((8, 8, 3)), np.zeros((8, 8)), rows)
     fig = _only_figure()
-    assert len(fig.axes) == 2 * (1 + 2 * 3)
+    assert len(fig.axes) == 2 * 2 * (1 + 3)
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles[0] == "a" and titles[1].startswith("head 0, 1x1") and titles[6].startswith("head 1, 5x5")
+    assert [titles[i] for i in (0, 4, 8, 12)] == ["a", "a", "b", "b"]
+    assert titles[1].startswith("head 0, 1x1") and titles[7].startswith("head 1, 5x5")
+    assert titles[13].startswith("head 1, 1x1")
 
 
 def test_show_attention_row_draws_the_row_on_the_image_grid():

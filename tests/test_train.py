@@ -297,6 +297,12 @@ def test_cli_exits_non_zero_on_divergence(tmp_path: Path, capsys) -> None:
         (["--size", "32", "--batch-size", "1"], r"batch of 1 image at size 32 .*--batch-size\) >= 2"),
         (["--amp", "bf16", "--device", "cpu"], "amp='bf16' .* needs a CUDA device"),
         (["--val-data", "/no/such"], None),
+        # fuzz round 2, R10: huge values used to trace back from inside torch
+        (["--width", "99999999999999999999"], "width must be an integer from 1 to 1024"),
+        (["--n-train", "99999999999999999999"], "n_train must be an integer from 1 to 10000000"),
+        (["--epochs", "99999999999999999999"], "epochs must be an integer from 1 to 1000000"),
+        (["--lr", "1e308"], r"lr must be a finite number in \[0, 1e\+06\], got 1e\+308"),
+        (["--momentum", "5"], r"momentum must be a finite number in \[0, 1\]"),
     ],
 )
 def test_cli_checks_every_option_before_work(extra: list[str], message: str | None, capsys, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """Catch the common kinds of drift between the book's prose and its code.
 
     python tools/book_truth.py                       # check every notebook and book/*.md
-    python tools/book_truth.py notebooks/05_ldnet_small.ipynb book/paper.md
+    python tools/book_truth.py notebooks/06_ldnet_small.ipynb book/paper.md
 
 Prose means the markdown cells of notebooks and the pages ``book/*.md``. Code spans,
 code blocks, math and link targets are not prose. Four rules:
@@ -17,8 +17,8 @@ code blocks, math and link targets are not prose. Four rules:
     the printout ("the table above"). Write it in math (``$2^{30}$``) if it is a
     definition, not a measurement.
 ``chapter-number``
-    No typed "chapter 2": the rendered book numbers chapters differently from the files.
-    Link the chapter instead, ``[Pyramid pooling](02_pyramid_pooling.ipynb)``.
+    No typed "chapter 2": a link names the chapter and follows it if the order changes.
+    Link the chapter instead, ``[Pyramid pooling](03_pyramid_pooling.ipynb)``.
 ``myst-role``
     No MyST role (``{doc}``, ``{cite}``, ``{numref}``, ``{glue}``, ...) or ``(label)=``
     line in notebook markdown: Colab and Jupyter show them raw. Book pages may use them.

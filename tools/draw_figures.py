@@ -32,10 +32,12 @@ def arrow(ax, start, end, text=None, style="-|>", color="#333333", rad=0.0):
     ax.add_patch(FancyArrowPatch(start, end, arrowstyle=style, mutation_scale=12, color=color, lw=1.2,
                                  connectionstyle=f"arc3,rad={rad}"))
     if text:
-        ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.12, text, ha="center", fontsize=8)
+        ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.12, text, ha="center", fontsize=9)
 
 
-def esa_module() -> None:
+def esa_module_figure() -> plt.Figure:
+    """The home page's Fig. 1. Text of 9 pt or more: at the book's column width (the PNG is
+    shrunk to about 750 px) that is 70% of the body text (tests/test_figure_legibility.py)."""
     esa = ESA(64)
     n_kv = num_tokens(esa.ppm.pooling_sizes)
     fig, ax = plt.subplots(figsize=(10, 3.6))
@@ -43,20 +45,25 @@ def esa_module() -> None:
     ax.set_ylim(0, 4.4)
     ax.axis("off")
     box(ax, 0.1, 1.6, 1.6, 1.2, "x\n(B, C, H, W)", "in")
-    box(ax, 2.3, 1.6, 1.9, 1.2, "to_qkv\n1x1 conv, no bias\nC → 3·inner", "plain", 8)
-    box(ax, 4.9, 3.0, 2.2, 1.0, "Q: all N = H·W pixels\n(B, heads, N, d)", "in", 8)
-    box(ax, 4.9, 0.4, 2.2, 1.2, f"PPM on K and V\npool to 1², 3², 5²\n→ {n_kv} tokens", "pool", 8)
-    box(ax, 7.6, 1.6, 2.5, 1.2, f"softmax(QKᵀ/√d) V\nscores (B, heads, N, {n_kv})", "attn", 8)
-    box(ax, 10.5, 1.6, 1.7, 1.2, "to_out\nLinear inner → C\n(B, N, C)", "plain", 8)
+    box(ax, 2.3, 1.6, 1.9, 1.2, "to_qkv\n1x1 conv, no bias\nC → 3·inner", "plain", 9)
+    box(ax, 4.9, 3.0, 2.2, 1.0, "Q: all N = H·W pixels\n(B, heads, N, d)", "in", 9)
+    box(ax, 4.9, 0.4, 2.2, 1.2, f"PPM on K and V\npool to 1², 3², 5²\n→ {n_kv} tokens", "pool", 9)
+    box(ax, 7.6, 1.6, 2.5, 1.2, f"softmax(QKᵀ/√d) V\nscores (B, heads, N, {n_kv})", "attn", 9)
+    box(ax, 10.5, 1.6, 1.7, 1.2, "to_out\nLinear inner → C\n(B, N, C)", "plain", 9)
     arrow(ax, (1.7, 2.2), (2.3, 2.2))
     arrow(ax, (4.2, 2.4), (4.9, 3.4), "q")
     arrow(ax, (4.2, 2.0), (4.9, 1.0))
-    ax.text(4.2, 1.3, "k, v", ha="center", fontsize=8)
+    ax.text(4.2, 1.3, "k, v", ha="center", fontsize=9)
     arrow(ax, (7.1, 3.4), (7.6, 2.5))
     arrow(ax, (7.1, 1.0), (7.6, 1.9))
     arrow(ax, (10.1, 2.2), (10.5, 2.2))
     ax.set_title(f"Efficient Self-Attention: N queries attend to {n_kv} pooled keys, O(N·{n_kv}) instead of O(N²)",
                  fontsize=10)
+    return fig
+
+
+def esa_module() -> None:
+    fig = esa_module_figure()
     fig.savefig(OUT / "esa_module.png", dpi=150, bbox_inches="tight")
     plt.close(fig)
 

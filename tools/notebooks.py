@@ -1,8 +1,8 @@
 """Author and run the book's notebooks.
 
-    python tools/notebooks.py execute notebooks/01_self_attention_cost.ipynb [...]
+    python tools/notebooks.py execute notebooks/02_self_attention_cost.ipynb [...]
     python tools/notebooks.py headers notebooks/*.ipynb notebooks/exercises/*.ipynb
-    python tools/notebooks.py header 01_self_attention_cost "Title"   # print the two header cells
+    python tools/notebooks.py header 02_self_attention_cost "Title"   # print the two header cells
 
 Every notebook starts with the same two cells: a title with an "Open in
 Colab" badge, and a guarded install cell that does nothing outside Colab.
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Notebooks that train a network or time the variants: on Colab they ask for a GPU
 # runtime (Colab's free tier offers a T4). The others run in seconds on a CPU runtime.
-GPU_NOTEBOOKS = frozenset({"05_ldnet_small", "06_ablation", "07_making_esa_fast",
+GPU_NOTEBOOKS = frozenset({"06_ldnet_small", "07_ablation", "09_making_esa_fast",
                            "10_ldnet_on_real_polyps", "ex5_ldnet_experiment"})
 COLAB_GPU_METADATA = {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance": []}}
 
@@ -96,7 +96,10 @@ def header_cells(notebook_stem: str, title: str, subdir: str = "notebooks") -> l
     )
     return [
         nbformat.v4.new_markdown_cell(f"# {title}\n\n{badge}"),
-        nbformat.v4.new_code_cell(INSTALL_CELL.format(source=install_source())),
+        # Collapsed on the site ("hide-input", as the exercises' solutions are): a reader
+        # of the book needs no install; Colab and Jupyter ignore the tag and run it first.
+        nbformat.v4.new_code_cell(INSTALL_CELL.format(source=install_source()),
+                                  metadata={"tags": ["hide-input"]}),
     ]
 
 
@@ -116,7 +119,7 @@ def write_headers(path: Path) -> None:
     new = header_cells(path.stem, title.group(1), subdir)
     for old, cell in zip(nb.cells[:2], new):
         old.source = cell.source
-        old.metadata = {}
+        old.metadata = cell.metadata
     # What the cell prints outside Colab, where notebooks are executed: nothing.
     nb.cells[1].outputs = []
     nb.cells[1].execution_count = 1

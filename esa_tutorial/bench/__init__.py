@@ -1,7 +1,7 @@
 """Benchmark the package's attention layers: ESA's three forms, full attention, and LDNet end to end.
 
 The command line is ``python -m esa_tutorial.bench`` (:mod:`esa_tutorial.bench.__main__`);
-this module is the library behind it, also used by chapter 7.
+this module is the library behind it, also used by chapter 9 (notebooks/09_making_esa_fast.ipynb).
 
 Variants (all with LDNet's heads=8, dim_head=64 and the same weights), each the
 package's own module, never a copy of it:

@@ -2,7 +2,7 @@
 
 ``esa_tutorial/bench/data/<name>.json`` files are written by
 ``python -m esa_tutorial.bench --ldnet-step --breakdown --out ...`` (then
-copied here); chapter 7 prints its tables from them rather than typing numbers.
+copied here); chapter 9 prints its tables from them rather than typing numbers.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What one block's softmax costs, element by element: the measurements behind the folded form's layout.
 
-Chapter 7 uses :func:`softmax_costs` to show that a cached block's softmax is
+Chapter 9 uses :func:`softmax_costs` to show that a cached block's softmax is
 bound by its exponentials rather than by memory traffic, and what the two
 choices of :mod:`esa_tutorial.nn.folded` (scores laid out pixels-last, the
 exponential taken in base 2 on the CPU) buy.

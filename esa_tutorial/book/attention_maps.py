@@ -152,6 +152,12 @@ def show_heatmaps(
     return fig
 
 
+def weight_label(v: float) -> str:
+    """A weight in [0, 1] in three characters, as ``.98`` (``1`` for 1.00), so that five fit
+    across a small grid at a legible size."""
+    return "1" if v >= 0.995 else f".{round(100 * v):02d}"
+
+
 def show_pyramid(
     image: torch.Tensor | np.ndarray,
     pixel: tuple[int, int],
@@ -175,7 +181,8 @@ def show_pyramid(
     heads = weights.shape[0]
     w = weights.detach().cpu().double()
     fig, axes = plt.subplots(
-        heads, 1 + len(sizes), figsize=(2.6 * (1 + len(sizes)), 2.5 * heads), squeeze=False,
+        # About 7.5 in across: a book column shows it at full size, weights at 8.5 pt.
+        heads, 1 + len(sizes), figsize=(1.7 * (1.4 + len(sizes)), 1.75 * heads), squeeze=False,
         gridspec_kw={"width_ratios": [1.4] + [1] * len(sizes)},
     )
     density = effective_pixel_weights(w, img.shape[0], img.shape[1], sizes)
@@ -194,7 +201,7 @@ def show_pyramid(
                 for i in range(s):
                     for j in range(s):
                         v = float(grid[i, j])
-                        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        ax.text(j, i, weight_label(v), ha="center", va="center", fontsize=8.5,
                                 color="w" if v < vmax / 2 else "k")
             ax.set_title(f"{s}x{s}: {float(grid.sum()):.2f}", fontsize=9)
     for ax in axes.flat:

@@ -10,7 +10,7 @@ matplotlib or torch state.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -27,16 +27,18 @@ def _np(a: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def annotated_grid(ax: Axes, values: np.ndarray | torch.Tensor, *, vmin: float = 0.0,
-                   vmax: float | None = None, fmt: str = "{:.2f}", cmap: str = "viridis",
-                   fontsize: int = 7) -> None:
-    """Draw an (s, s) grid as an image with each cell's value written in it."""
+                   vmax: float | None = None, fmt: str | Callable[[float], str] = "{:.2f}",
+                   cmap: str = "viridis", fontsize: float = 7) -> None:
+    """Draw an (s, s) grid as an image with each cell's value written in it (``fmt``: a
+    format string or a function of the value)."""
     a = _np(values)
     vmax = float(a.max()) if vmax is None else vmax
     ax.imshow(a, cmap=cmap, vmin=vmin, vmax=vmax)
     for (i, j), v in np.ndenumerate(a):
         # Dark text on bright cells, light text on dark ones.
         light = (v - vmin) < (vmax - vmin) / 2
-        ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=fontsize,
+        label = fmt(float(v)) if callable(fmt) else fmt.format(v)
+        ax.text(j, i, label, ha="center", va="center", fontsize=fontsize,
                 color="white" if light else "black")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -165,25 +167,25 @@ def token_grids(row: torch.Tensor | np.ndarray, sizes: Sequence[int] = (1, 3, 5)
 def show_token_attention(image: np.ndarray, mask: np.ndarray | None,
                          rows: Mapping[str, tuple[tuple[int, int], Sequence[torch.Tensor]]],
                          sizes: Sequence[int] = (1, 3, 5)) -> None:
-    """Where pixels look among the pooled tokens: one figure row per pixel, grids per head.
+    """Where pixels look among the pooled tokens: one figure row per pixel and head.
 
     ``rows`` maps a pixel's name to ``((row, col), [weights of head 0, head 1, ...])``, each
     weight vector of length sum(s^2) (35 for ESA). Each head's weights are drawn as the
     s x s grids over the image, the title says how much of the weight each grid gets.
     """
-    n_heads = max(len(ws) for _, ws in rows.values())
-    cols = 1 + n_heads * len(sizes)
-    ratios = [1.5] + [1.0] * (cols - 1)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.75 * sum(ratios), 2.3 * len(rows)),
+    # Four panels across (image and three grids) keep the figure within a book column at
+    # full size, so its weights print at 8.5 pt (tests/test_figure_legibility.py).
+    lines = [(name, pixel, h, w) for name, (pixel, weights) in rows.items()
+             for h, w in enumerate(weights)]
+    ratios = [1.3] + [1.0] * len(sizes)
+    fig, axes = plt.subplots(len(lines), 1 + len(sizes), figsize=(1.6 * sum(ratios), 1.75 * len(lines)),
                              gridspec_kw={"width_ratios": ratios}, squeeze=False)
-    for r, (name, (pixel, weights)) in enumerate(rows.items()):
+    for r, (name, pixel, h, w) in enumerate(lines):
         show_image(axes[r, 0], image, mask, pixel=pixel, title=name)
-        for h, w in enumerate(weights):
-            vmax = float(_np(w).max())
-            for k, (grid, s) in enumerate(zip(token_grids(w, sizes), sizes)):
-                ax = axes[r, 1 + h * len(sizes) + k]
-                annotated_grid(ax, grid, vmax=vmax, fontsize=6)
-                ax.set_title(f"head {h}, {s}x{s}: {grid.sum():.2f}", fontsize=8)
+        vmax = float(_np(w).max())
+        for k, (grid, s) in enumerate(zip(token_grids(w, sizes), sizes)):
+            annotated_grid(axes[r, 1 + k], grid, vmax=vmax, fmt=attention_maps.weight_label, fontsize=8.5)
+            axes[r, 1 + k].set_title(f"head {h}, {s}x{s}: {grid.sum():.2f}", fontsize=9)
     fig.tight_layout()
 
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
+from typing import Callable
 
 try:
     from . import grading, sandbox
@@ -28,6 +30,9 @@ except ModuleNotFoundError as exc:  # the course's own dependencies are an extra
     sys.exit(f"python -m esa_tutorial.course needs {exc.name}: pip install 'esa-tutorial[course]'")
 
 
+MAX_SECONDS = 86_400.0  # a day per notebook
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -35,17 +40,29 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive finite number of seconds, got {text!r}")
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_SECONDS:g} seconds (a day), got {text!r}")
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
+def _int_between(low: int, high: int, unit: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high], refused with the range otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}{unit}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_between(1, 256)
+# Below about 1 GiB of address space torch cannot even be imported (the probe finds the real need).
+_memory_mb = _int_between(256, 2**20, " MiB")
 
 
 def _writable_file(path: Path) -> str | None:
@@ -78,12 +95,17 @@ def _parser() -> argparse.ArgumentParser:
     gr.add_argument("--source", type=Path, default=None, help=source_help)
     gr.add_argument("--timeout", type=_positive_seconds, default=300.0,
                     help="seconds for a whole notebook (default: %(default)s)")
-    gr.add_argument("--memory-mb", type=_positive_int, default=4096, help="address space per notebook (default: %(default)s)")
+    gr.add_argument("--memory-mb", type=_memory_mb, default=4096,
+                    help="address space per notebook in MiB (default: %(default)s)")
     gr.add_argument("--jobs", type=_positive_int, default=2, help="notebooks graded at once (default: %(default)s)")
     gr.add_argument("--csv", type=Path, default=None, help="where to write the scores (default: SUBMISSIONS/grades.csv)")
     gr.add_argument("--unsafe-no-sandbox", action="store_true",
                     help="run submissions without bubblewrap, with your permissions (only for code you trust)")
     return parser
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,30 +138,37 @@ def main(argv: list[str] | None = None) -> int:
         if any(hidden == p or hidden in p.parents for p in needed):
             parser.error(f"{hidden} holds the Python environment or the package the grader runs; "
                          "put the submissions and the instructor's notebooks in folders of their own")
+    limits = sandbox.Limits(seconds=args.timeout, memory_mb=args.memory_mb)
+    for stale in grading.sweep_stale():
+        print(f"removed {stale}, left by a grading run that was killed", file=sys.stderr)
     if args.unsafe_no_sandbox:
-        drop = None
+        mode = None
         print("warning: --unsafe-no-sandbox: submissions run with your permissions and see your files",
               file=sys.stderr)
     else:
-        drop, note = sandbox.probe()
-        if drop is None:
+        mode, note = grading.probe(limits)
+        if mode is None:
+            if note.startswith("--memory-mb"):
+                parser.error(note)
             parser.error(f"{note}. Grading runs students' code, so it refuses to run without a sandbox; "
                          "pass --unsafe-no-sandbox only for code you trust")
         print(f"grading in bubblewrap sandboxes: {note}", file=sys.stderr)
-    workdir = Path(tempfile.mkdtemp(prefix="esa-grade-"))
+    workdir = grading.work_folder()
     os.chmod(workdir, 0o711)  # the sandbox's user must reach its own folder in here, and list nothing
+    # A stop (kill PID, a closed terminal) ends the run like Ctrl-C: sandboxes killed, folders removed.
+    in_main = threading.current_thread() is threading.main_thread()  # only there can handlers be set
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP) if in_main}
     try:
-        setup = grading.Setup(
-            limits=sandbox.Limits(seconds=args.timeout, memory_mb=args.memory_mb),
-            hide=(args.submissions.resolve(), source.resolve(), out.resolve(), workdir),
-            workdir=workdir, drop=None if drop is None else tuple(drop),
-        )
+        setup = grading.Setup(limits=limits, hide=(args.submissions.resolve(), source.resolve(), out.resolve(), workdir),
+                              workdir=workdir, mode=mode)
         try:
             grades = grading.grade(args.submissions, source, setup, args.jobs)
         except AuthoringError as exc:
             parser.error(f"cannot grade with these notebooks: {exc}")
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        grading.remove_tree(workdir)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     for g in grades:
         print(g.summary())
     grading.write_csv(grades, out)

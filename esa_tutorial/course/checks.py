@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,8 +111,32 @@ def _as_tensor(got: object, what: str, case: str) -> torch.Tensor:
     return got
 
 
+def _as_number(got: object, what: str, case: str) -> float:
+    """A count the student returned, as a Python number: an int, a float or a one-element tensor.
+
+    Anything else (a list, a tensor of many elements, a string) fails here, so
+    that no comparison with it can broadcast or be ambiguous.
+    """
+    if isinstance(got, torch.Tensor) and got.numel() == 1 and not got.is_complex():
+        got = got.item()
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        raise CheckFailed(f"{what} should return a number, got {type(got).__name__}\n  on {case}")
+    if not math.isfinite(got):
+        raise CheckFailed(f"{what} returned {got}, expected a finite count\n  on {case}")
+    return got
+
+
 def _compare(got: torch.Tensor, expected: torch.Tensor, what: str, case: str, hint: str = "") -> None:
-    """Raise :class:`CheckFailed` naming the largest error unless ``got`` is close to ``expected``."""
+    """Raise :class:`CheckFailed` naming the largest error unless ``got`` is close to ``expected``.
+
+    Shape and kind of number come first: ``allclose`` broadcasts, so an empty
+    or a one-element tensor would otherwise match anything.
+    """
+    if tuple(got.shape) != tuple(expected.shape):
+        raise CheckFailed(f"{what} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}\n  on {case}")
+    if got.is_complex() or (expected.is_floating_point() and not got.is_floating_point()):
+        raise CheckFailed(f"{what} has dtype {got.dtype}, expected a real floating-point tensor like "
+                          f"{expected.dtype}\n  on {case}")
     got = got.detach().to(device=expected.device, dtype=expected.dtype)
     if torch.isnan(got).any():
         raise CheckFailed(f"{what} returned NaN values\n  on {case}")
@@ -457,8 +482,7 @@ def _check_flops(
         case = ", ".join(f"{k}={v}" for k, v in args.items())
         with _student_code(f"your {name}", case):
             got = ask(f"your {name}", fn, **args)
-        if not isinstance(got, (int, float)) and not (isinstance(got, torch.Tensor) and got.numel() == 1):
-            raise CheckFailed(f"your {name} should return a number, got {type(got).__name__}\n  on {case}")
+        got = _as_number(got, f"your {name}", case)
         extra = dict(pooling_sizes=cfg["pooling_sizes"], impl="reference") if with_pooling else {}
         with torch.device("meta"):
             module = module_cls(cfg["dim"], cfg["heads"], cfg["dim_head"], **extra)
@@ -510,6 +534,7 @@ def check_attention_bytes(fn: Callable[..., int], seed: int | None = None) -> Pa
             case = f"{module_cls.__name__} with " + ", ".join(f"{k}={v}" for k, v in args.items())
             with _student_code("your attention_bytes", case):
                 got = ask("your attention_bytes", fn, **args)
+            got = _as_number(got, "your attention_bytes", case)
             expected = attention_matrix_bytes(module, x)
             if got != expected:
                 hint = ""
@@ -664,8 +689,7 @@ def check_ldnet_measurements(fn: Callable[..., dict], seed: int | None = None) -
             raise CheckFailed(f"your measure's dict lacks {missing}; it needs {_MEASURES}\n  on {case}")
         expected = _ldnet_measurements(sizes, width, image_size)
         for key in _MEASURES:
-            value = got[key]
-            value = value.item() if isinstance(value, torch.Tensor) else value
+            value = _as_number(got[key], f"your measure's {key!r}", case)
             if value != expected[key]:
                 raise CheckFailed(
                     f"your measure gives {key}={value!r}, measured {expected[key]:,}\n  on {case}\n"

@@ -30,20 +30,22 @@ import stat
 import sys
 import tempfile
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import nbformat
 
+from ..files import atomic_write, write_json
 from . import checks, sandbox, tape
 from .release import CODE_STUB, AuthoringError, grade_id, is_solution, is_test, nbgrader_meta
 from .source import exercise_paths
 
 CSV_COLUMNS = ("student", "notebook", "score", "max_score", "status", "reason", "feedback", "seconds")
-MAX_TAPE_BYTES = 32 * 2**20
+MAX_TAPE_BYTES = 8 * 2**20  # a real tape is a few KiB to a few hundred
+MAX_NOTEBOOK_BYTES = 20 * 2**20
+MAX_CELLS = 2000
 CHECKS = {name: getattr(checks, name) for name in checks.__all__}
 
 
@@ -86,8 +88,10 @@ class Grade:
         }
 
     def summary(self) -> str:
+        """One line for the terminal; the CSV keeps the exact texts."""
         note = f"  ({self.status}: {self.reason})" if self.status != "graded" or self.reason else ""
-        return f"{self.student:>16}  {self.notebook:<28} {self.score:g}/{self.max_score:g} in {self.seconds:.0f} s{note}"
+        return printable(f"{self.student:>16}  {self.notebook:<28} {self.score:g}/{self.max_score:g} "
+                         f"in {self.seconds:.0f} s{note}")
 
 
 # --------------------------------------------------------------------------- the instructor's side
@@ -119,15 +123,34 @@ def validate_tests(source: nbformat.NotebookNode, name: str) -> None:
 
 
 def read_submission(path: Path) -> nbformat.NotebookNode:
-    """Read a submitted notebook or raise :class:`Malformed` saying why it cannot be read."""
+    """Read a submitted notebook or raise :class:`Malformed` saying why it cannot be read.
+
+    Refused before anything runs: a file that is not a regular file (a FIFO, a
+    device, a folder), more than :data:`MAX_NOTEBOOK_BYTES`, JSON nested too
+    deeply, more than :data:`MAX_CELLS` cells, and cells whose metadata is not
+    what Jupyter writes (e.g. ``"nbgrader": null``).
+    """
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise Malformed(f"cannot read the file: {exc}") from None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise Malformed(f"cannot read the file: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise Malformed("not a regular file (a folder, a pipe or a device); hand in the notebook file itself")
+        if info.st_size > MAX_NOTEBOOK_BYTES:
+            raise Malformed(f"the file is {info.st_size / 2**20:.1f} MiB, more than the {MAX_NOTEBOOK_BYTES // 2**20} MiB "
+                            "the grader reads; clear the outputs (Edit > Clear Outputs of All Cells) and save again")
+        raw = f.read(MAX_NOTEBOOK_BYTES + 1)
     try:
-        data = json.loads(text)
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise Malformed(f"cannot read the file: not UTF-8 text ({exc.reason})") from None
     except json.JSONDecodeError as exc:
         raise Malformed(f"not a notebook: the file is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise Malformed("not a notebook: its JSON is nested too deeply") from None
+    _check_structure(data)
     try:
         nb = nbformat.reads(json.dumps(data), as_version=4)
         nbformat.validate(nb)
@@ -136,14 +159,42 @@ def read_submission(path: Path) -> nbformat.NotebookNode:
     return nb
 
 
+def _check_structure(data: Any) -> None:
+    """What the grader relies on, checked before nbformat (whose errors can be obscure or slow)."""
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+        raise Malformed("not a valid Jupyter notebook: no list of 'cells' at the top level")
+    if len(data["cells"]) > MAX_CELLS:
+        raise Malformed(f"the notebook has {len(data['cells'])} cells, more than the {MAX_CELLS} the grader reads; "
+                        "start again from the handed-out notebook")
+    for i, c in enumerate(data["cells"]):
+        if not isinstance(c, dict) or not isinstance(c.get("metadata", {}), dict):
+            raise Malformed(f"cell {i} is not a notebook cell (no metadata object); start again from the "
+                            "handed-out notebook and copy your answers in")
+        meta = c.get("metadata", {}).get("nbgrader", {})
+        if not isinstance(meta, dict) or not isinstance(meta.get("grade_id", ""), str):
+            raise Malformed(f"cell {i} has damaged grading metadata (metadata.nbgrader = {json.dumps(meta)[:80]}); "
+                            "copy your answer into the cell of the handed-out notebook")
+
+
 def answers(submission: nbformat.NotebookNode, source: nbformat.NotebookNode) -> dict[str, str]:
-    """The student's answer text per solution ``grade_id`` of the instructor's notebook (first match, same cell type)."""
+    """The student's answer text per solution ``grade_id`` of the instructor's notebook (same cell type).
+
+    Raises :class:`Malformed` when an answer cell appears twice (a copied
+    cell): the grader cannot know which one is the answer.
+    """
     wanted = {grade_id(c): c.cell_type for c in source.cells if is_solution(c)}
     found: dict[str, str] = {}
-    for cell in submission.cells:
+    where: dict[str, list[int]] = {}
+    for index, cell in enumerate(submission.cells):
         gid = grade_id(cell)
-        if gid in wanted and gid not in found and cell.get("cell_type") == wanted[gid]:
-            found[gid] = str(cell.get("source", ""))
+        if gid in wanted and cell.get("cell_type") == wanted[gid]:
+            where.setdefault(gid, []).append(index)
+            found.setdefault(gid, str(cell.get("source", "")))
+    twice = {gid: cells for gid, cells in where.items() if len(cells) > 1}
+    if twice:
+        gid, cells = next(iter(twice.items()))
+        raise Malformed(f"the answer cell {gid!r} appears {len(cells)} times (cells {cells}); keep one "
+                        "cell with your answer and delete the copies")
     return found
 
 
@@ -186,25 +237,24 @@ class _StudentName:
 
 
 def read_tape(path: Path) -> list:
-    """A tape written in the sandbox, read without following links or blocking; [] when unusable."""
-    import torch
-
+    """A tape written in the sandbox, read without following links or blocking and checked by
+    :func:`esa_tutorial.course.tape.load`; raises :class:`~esa_tutorial.course.tape.TapeError`."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return []
+    except FileNotFoundError:
+        raise tape.TapeError("no answer recorded (the run stopped before this test)") from None
+    except OSError as exc:
+        raise tape.TapeError(f"the recorded answers cannot be read ({exc.strerror})") from None
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_TAPE_BYTES:
-            return []
+            raise tape.TapeError("the recorded answers are not a file of at most "
+                                 f"{MAX_TAPE_BYTES // 2**20} MiB (the file was replaced)")
         data = f.read(MAX_TAPE_BYTES + 1)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a forged tape may warn before it fails
-            entries = torch.load(io.BytesIO(data), weights_only=True)
-    except Exception:  # noqa: BLE001 -- a forged or truncated tape is no answer
-        return []
-    return entries if isinstance(entries, list) else []
+        return tape.load(data, MAX_TAPE_BYTES)
+    except tape.TapeError as exc:
+        raise tape.TapeError(f"the recorded answers were changed after the test ran: {exc}") from None
 
 
 def judge(test_source: str, entries: list, salt: int) -> str | None:
@@ -224,6 +274,16 @@ def _clean(text: str, limit: int = 1000) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# Control characters (C0, DEL, C1) and the invisible format characters that reorder or hide text.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def printable(text: str) -> str:
+    """``text`` for a terminal: every control character escaped (``\\x1b``, ``\\n``), so that a
+    name or an error message cannot move the cursor, rewrite lines or forge a score line."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 # --------------------------------------------------------------------------- one submission
 
 
@@ -234,7 +294,132 @@ class Setup:
     limits: sandbox.Limits
     hide: tuple[Path, ...]
     workdir: Path
-    drop: tuple[str, ...] | None = ()  # sandbox.probe()'s prefix; None: no sandbox
+    mode: sandbox.Mode | None = "user"  # probe()'s answer; None: no sandbox (--unsafe-no-sandbox)
+
+
+def run_plan(the_plan: dict[str, Any], setup: Setup, ids: list[str]) -> tuple[sandbox.Outcome, dict[str, Any]]:
+    """Run a plan in a fresh box of ``setup.workdir``; the outcome and, per id in ``ids`` and
+    ``"errors"``, its tape (a list) or the :class:`~esa_tutorial.course.tape.TapeError` that explains why none.
+
+    The box is removed on every way out, an exception or an interrupt included.
+    """
+    box = Path(tempfile.mkdtemp(prefix="box-", dir=setup.workdir))
+    try:
+        (box / "out").mkdir()
+        write_json(the_plan, box / "plan.json")
+        inside = sandbox.BOX if setup.mode is not None else str(box)
+        argv = [sys.executable, "-I", "-m", "esa_tutorial.course.runner", f"{inside}/plan.json", f"{inside}/out"]
+        outcome = sandbox.run(argv, box, setup.limits, list(setup.hide), setup.mode)
+        tapes: dict[str, Any] = {}
+        for name in [*ids, "errors"]:
+            try:
+                tapes[name] = read_tape(box / "out" / f"{name}.pt")
+            except tape.TapeError as exc:
+                tapes[name] = exc
+        return outcome, tapes
+    finally:
+        remove_tree(box)
+        (box.parent / f"{box.name}.log").unlink(missing_ok=True)
+
+
+def work_folder(kind: str = "") -> Path:
+    """A fresh private folder for a grading run, named with this process's id (see :func:`sweep_stale`)."""
+    return Path(tempfile.mkdtemp(prefix=f"esa-grade-{kind}{os.getpid()}-"))
+
+
+def sweep_stale(folder: Path | None = None) -> list[Path]:
+    """Remove the work folders of grading runs that were killed (``kill -9``, out of memory) before they could.
+
+    A folder counts as stale when the process named in it no longer runs and
+    it belongs to this user; it may hold the hidden tests of a plan. Returns the folders removed.
+    """
+    removed = []
+    for path in Path(folder or tempfile.gettempdir()).glob("esa-grade-*"):
+        match = re.fullmatch(r"esa-grade-(?:probe-)?(\d+)-\w+", path.name)
+        try:
+            if not match or path.is_symlink() or path.stat().st_uid != os.geteuid():
+                continue
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            remove_tree(path)
+            removed.append(path)
+        except (OSError, OverflowError):
+            continue  # alive under another user, or unreadable: not ours to remove
+    return removed
+
+
+def remove_tree(path: Path) -> None:
+    """``rm -rf path``, also where the sandbox took the permissions away from its own folders."""
+
+    def retry(func: Any, name: str, _exc: Any) -> None:
+        try:
+            os.chmod(os.path.dirname(name), 0o700)
+            if os.path.isdir(name) and not os.path.islink(name):
+                os.chmod(name, 0o700)
+                shutil.rmtree(name, ignore_errors=True)
+            else:
+                func(name)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=retry)
+
+
+# A tiny notebook: a code cell defines a name, a test cell tapes it. The probe grades it.
+_PROBE_PLAN = {"salt": 1, "cells": [
+    {"kind": "code", "id": None, "index": 0, "source": "answer = 6 * 7"},
+    {"kind": "test", "id": "probe", "index": 1,
+     "source": "from esa_tutorial.course import tape\ntape.ask('probe', lambda: answer)"},
+]}
+_MODE_NOTES = {
+    "nobody": "sandboxes run as nobody",
+    "root": "sandboxes run as root without capabilities and without a process limit (setpriv is missing)",
+    "user": "sandboxes run as you",
+}
+PROBE_SECONDS = 180.0
+
+
+def _round_trip(mode: sandbox.Mode, limits: sandbox.Limits) -> str | None:
+    """Grade :data:`_PROBE_PLAN` in ``mode``; None if its answer came back, else why not."""
+    tmp = work_folder("probe-")
+    try:
+        os.chmod(tmp, 0o711)  # the sandbox's user must reach its folder in here
+        setup = Setup(limits=limits, hide=(), workdir=tmp, mode=mode)
+        outcome, tapes = run_plan(_PROBE_PLAN, setup, ["probe"])
+    finally:
+        remove_tree(tmp)
+    recorded = tapes["probe"]
+    if isinstance(recorded, list) and recorded and recorded[0].get("value") == 42:
+        return None
+    if outcome.timed_out:
+        return f"a tiny notebook did not finish within {limits.seconds:g} s"
+    lines = outcome.log_tail.strip().splitlines()
+    return _clean(lines[-1] if lines else f"exit status {outcome.returncode}, no answer ({recorded})", 300)
+
+
+def probe(limits: sandbox.Limits = sandbox.Limits()) -> tuple[sandbox.Mode | None, str]:
+    """How to start sandboxes here: (mode, note), or (None, why grading cannot work).
+
+    Each candidate mode (:func:`esa_tutorial.course.sandbox.candidate_modes`)
+    grades a tiny notebook for real, under ``limits``: the runner starts,
+    imports torch and the checks, writes its answer, and the answer is read
+    back. When no mode works under ``limits`` but one works with the memory
+    limit lifted, the note says that ``--memory-mb`` is too small.
+    """
+    if not shutil.which("bwrap"):
+        return None, "bwrap not found: install Debian's bubblewrap (apt-get install bubblewrap)"
+    trial = replace(limits, seconds=max(limits.seconds, PROBE_SECONDS))
+    tried = []
+    for mode in sandbox.candidate_modes():
+        why = _round_trip(mode, trial)
+        if why is None:
+            return mode, _MODE_NOTES[mode]
+        tried.append(f"as {mode}: {why}")
+    roomy = replace(trial, memory_mb=max(4 * limits.memory_mb, 16384))
+    if _round_trip(sandbox.candidate_modes()[0], roomy) is None:
+        return None, (f"--memory-mb {limits.memory_mb} is too small: a tiny notebook cannot even import torch "
+                      f"with it ({tried[0]}); it works with {roomy.memory_mb}, so give at least 2048")
+    return None, "bwrap could not grade a tiny notebook: " + "; ".join(tried)
 
 
 def grade_one(path: Path, student: str, source_path: Path | None, setup: Setup) -> Grade:
@@ -261,27 +446,18 @@ def _grade_one(path: Path, student: str, source_path: Path | None, setup: Setup)
         return g
     missing = [grade_id(c) for c in source.cells if is_solution(c) and grade_id(c) not in given]
     salt = secrets.randbelow(2**31 - 1) + 1
-    box = Path(tempfile.mkdtemp(prefix="box-", dir=setup.workdir))
-    try:
-        (box / "out").mkdir()
-        (box / "plan.json").write_text(json.dumps(plan(source, given, salt)), encoding="utf-8")
-        inside = sandbox.BOX if setup.drop is not None else str(box)
-        argv = [sys.executable, "-I", "-m", "esa_tutorial.course.runner", f"{inside}/plan.json", f"{inside}/out"]
-        drop = None if setup.drop is None else list(setup.drop)
-        outcome = sandbox.run(argv, box, setup.limits, list(setup.hide), drop)
-        for cell in source.cells:
-            if cell.cell_type == "markdown" and is_solution(cell) and nbgrader_meta(cell).get("grade"):
-                pts = float(nbgrader_meta(cell).get("points", 0))
-                g.tests.append(TestResult(grade_id(cell), 0.0, 0.0, f"written answer ({pts:g} points): grade by hand"))
-            if is_test(cell):
-                pts = float(nbgrader_meta(cell).get("points", 0))
-                entries = read_tape(box / "out" / f"{grade_id(cell)}.pt")
-                verdict = judge(cell.source, entries, salt) if entries else "no answer recorded (the run stopped before this test)"
-                g.tests.append(TestResult(grade_id(cell), 0.0 if verdict else pts, pts, verdict or "passed"))
-        errors = read_tape(box / "out" / "errors.pt")
-    finally:
-        shutil.rmtree(box, ignore_errors=True)
-        (box.parent / f"{box.name}.log").unlink(missing_ok=True)
+    tests = [grade_id(c) for c in source.cells if is_test(c)]
+    outcome, tapes = run_plan(plan(source, given, salt), setup, tests)
+    for cell in source.cells:
+        if cell.cell_type == "markdown" and is_solution(cell) and nbgrader_meta(cell).get("grade"):
+            pts = float(nbgrader_meta(cell).get("points", 0))
+            g.tests.append(TestResult(grade_id(cell), 0.0, 0.0, f"written answer ({pts:g} points): grade by hand"))
+        if is_test(cell):
+            pts = float(nbgrader_meta(cell).get("points", 0))
+            entries = tapes[grade_id(cell)]
+            verdict = judge(cell.source, entries, salt) if isinstance(entries, list) else str(entries)
+            g.tests.append(TestResult(grade_id(cell), 0.0 if verdict else pts, pts, verdict or "passed"))
+    errors = tapes["errors"] if isinstance(tapes["errors"], list) else []
     g.score = sum(t.points for t in g.tests)
     if outcome.timed_out:
         g.status = "timeout"
@@ -332,19 +508,26 @@ def grade(submissions: Path, source: Path | None, setup: Setup, jobs: int = 2) -
     for path in exercises:
         validate_tests(nbformat.read(path, as_version=4), path.name)
     todo = find_submissions(submissions, exercises)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    sandbox.reset()
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
         return list(pool.map(lambda t: grade_one(t[0], t[1], t[2], setup), todo))
+    except BaseException:  # an interrupt: kill the running sandboxes, so that their boxes go at once
+        sandbox.stop_all()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def write_csv(grades: list[Grade], path: Path) -> None:
-    """Write the scores atomically: a temporary file next to ``path``, then one rename."""
-    fd, tmp = tempfile.mkstemp(prefix=".grades-", suffix=".csv", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-            writer.writeheader()
-            writer.writerows(g.row() for g in grades)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the scores atomically through the package's one writer (:func:`esa_tutorial.files.atomic_write`)."""
+
+    def rows(f: IO[bytes]) -> None:
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(g.row() for g in grades)
+        text.flush()
+        text.detach()  # leave the binary file open for the writer to sync and close
+
+    atomic_write(path, rows)

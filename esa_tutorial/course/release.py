@@ -27,7 +27,7 @@ from typing import Iterable
 
 import nbformat
 
-from .source import exercise_paths
+from .source import exercise_paths, packaged_source
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
@@ -170,6 +170,10 @@ def release(out: Path, source: Path, colab_prefix: str | None = None) -> list[Pa
     """
     out.mkdir(parents=True, exist_ok=True)
     back = Path(os.path.relpath(Path(source).resolve(), out.resolve())).as_posix()
+    if Path(source).resolve() == packaged_source():
+        # The installed copies stand for the repository's notebooks/exercises: their links are
+        # written as in the book's own student versions (notebooks/exercises/student).
+        back = ".."
     written = []
     for path in exercise_paths(source):
         nb = release_notebook(nbformat.read(path, as_version=4), path.name, colab_prefix, back)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -45,11 +44,9 @@ class _Capped(io.TextIOBase):
 
 
 def _save(obj: object, path: Path) -> None:
-    import torch
+    from esa_tutorial.files import save_tensors  # the package's one writer: atomic and synced
 
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    save_tensors(obj, path)
 
 
 def main(plan_path: str, out_dir: str) -> int:

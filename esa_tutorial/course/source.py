@@ -1,17 +1,24 @@
-"""Where the instructor's exercise notebooks are: the repository's, or a folder you name."""
+"""Where the instructor's exercise notebooks are: the repository's, the copies in the package, or a folder you name."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def default_source() -> Path:
-    """``notebooks/exercises`` of the repository the package is installed from (an editable install).
-
-    A package installed with plain ``pip install`` has no such folder: then
-    pass ``--source`` (see :func:`exercise_paths`).
-    """
+def repository_source() -> Path:
+    """``notebooks/exercises`` of the repository the package is used from (a clone, an editable install)."""
     return Path(__file__).resolve().parents[2] / "notebooks" / "exercises"
+
+
+def packaged_source() -> Path:
+    """The copies of the exercise notebooks inside an installed wheel (written there by ``setup.py``)."""
+    return Path(__file__).resolve().parent / "exercises"
+
+
+def default_source() -> Path:
+    """The repository's exercises when there is a repository, else the copies installed with the package."""
+    repository = repository_source()
+    return repository if any(repository.glob("*.ipynb")) else packaged_source()
 
 
 def exercise_paths(source: Path | None = None) -> list[Path]:

@@ -24,7 +24,8 @@ that wants ImageNet statistics applies them itself.
 
 from .augment import LDNET_RECIPE, AugmentParams, AugmentRecipe, augment_pair
 from .download import KVASIR_URL, download_kvasir
-from .folder import IMAGE_SUFFIXES, Augmented, PolypFolder
+from .augment import Augmented
+from .folder import IMAGE_SUFFIXES, PolypFolder
 from .images import binarise_mask, read_image, read_mask
 from .kvasir_layout import split_folder, split_plan, write_synthetic_folder
 from .synthetic import SyntheticPolyps, synthetic_polyp

@@ -35,6 +35,9 @@ from typing import Union
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import Dataset
+
+from ..validation import check_index
 
 Generator = Union[np.random.Generator, torch.Generator]
 
@@ -71,7 +74,7 @@ def _integer(rng: Generator, high: int) -> int:
     return int(rng.integers(0, high + 1))
 
 
-def _resize_float(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_float(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resize of float32 (H, W, C) -> (height, width, C), channel by channel."""
     if image.shape[:2] == (height, width):
         return image
@@ -103,12 +106,12 @@ def _zoom(image: np.ndarray, mask: np.ndarray, factor: float) -> tuple[np.ndarra
     if factor >= 1:
         ch, cw = max(1, round(h / factor)), max(1, round(w / factor))
         top, left = (h - ch) // 2, (w - cw) // 2
-        return (_resize_float(image[top : top + ch, left : left + cw], h, w),
+        return (resize_float(image[top : top + ch, left : left + cw], h, w),
                 _resize_mask(mask[top : top + ch, left : left + cw], h, w))
     zh, zw = max(1, round(h * factor)), max(1, round(w * factor))
     top, left = (h - zh) // 2, (w - zw) // 2
     out_image, out_mask = np.zeros_like(image), np.zeros_like(mask)
-    out_image[top : top + zh, left : left + zw] = _resize_float(image, zh, zw)
+    out_image[top : top + zh, left : left + zw] = resize_float(image, zh, zw)
     out_mask[top : top + zh, left : left + zw] = _resize_mask(mask, zh, zw)
     return out_image, out_mask
 
@@ -163,7 +166,7 @@ class AugmentRecipe:
         if image.ndim != 3 or mask.shape != image.shape[:2]:
             raise ValueError(f"augment expects image (H, W, C) and mask (H, W) of one size, got "
                              f"{image.shape} and {mask.shape}")
-        image = _resize_float(image.astype(np.float32, copy=False), self.resize, self.resize)
+        image = resize_float(image.astype(np.float32, copy=False), self.resize, self.resize)
         mask = _resize_mask(mask.astype(bool, copy=False), self.resize, self.resize)
         if params.hflip:
             image, mask = image[:, ::-1], mask[:, ::-1]
@@ -196,3 +199,51 @@ def augment_pair(
     Returns image float32 (crop, crop, C) in [0, 1] and mask bool (crop, crop).
     """
     return recipe(image, mask, rng)
+
+
+def sample_rng(seed: int | None, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one augmented sample.
+
+    With a ``seed``: determined by ``(seed, epoch, index)``, in any worker and
+    order. Without: seeded from torch's default generator, which DataLoader
+    seeds differently in each worker and epoch (read, never set, here).
+    """
+    if seed is None:
+        return np.random.default_rng(int(torch.randint(0, 2**62, ())))
+    return np.random.default_rng([seed, epoch, index])
+
+
+def pair_to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, W, 3) float image and (H, W) mask -> float32 tensors (3, H, W) and (1, H, W)."""
+    return (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
+            torch.from_numpy(mask[None].astype(np.float32)))
+
+
+class Augmented(Dataset):
+    """Apply an :class:`~esa_tutorial.data.AugmentRecipe` to the pairs of another dataset.
+
+    ``dataset[i]`` must be ``(image (3, H, W), mask (1, H, W))`` tensors, e.g.
+    :class:`~esa_tutorial.data.SyntheticPolyps`. ``seed`` and :meth:`set_epoch`
+    work as in :class:`~esa_tutorial.data.PolypFolder`. ``Augmented(SyntheticPolyps(n, 64),
+    AugmentRecipe.for_size(64))`` is the recipe scaled to 64-pixel images.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, recipe: AugmentRecipe, seed: int | None = None) -> None:
+        self.dataset, self.recipe, self.seed, self.epoch = dataset, recipe, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of ``epoch`` (only matters with a ``seed``)."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = check_index(i, len(self))
+        image, mask = self.dataset[index]
+        image, mask = self.recipe(image.numpy().transpose(1, 2, 0), mask[0].numpy() >= 0.5,
+                                  sample_rng(self.seed, self.epoch, index))
+        return pair_to_tensors(image, mask)
+
+    def __repr__(self) -> str:
+        return f"Augmented({self.dataset!r}, {self.recipe!r})"

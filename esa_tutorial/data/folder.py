@@ -9,10 +9,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..validation import check_positive_int
-from .augment import AugmentRecipe, _resize_float
+from ..validation import check_index, check_positive_int
+from .augment import AugmentRecipe, pair_to_tensors, resize_float, sample_rng
 from .images import open_image, image_to_float, mask_from_image
-from .synthetic import _check_index
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -40,25 +39,8 @@ def _unmatched(names: Sequence[str], kind: str, other: str, folder: Path) -> Val
 def _resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Bilinear resize of image (H, W, 3) and mask (H, W) to size x size; the mask thresholded at 0.5."""
     stack = np.concatenate([image, mask[..., None].astype(np.float32)], axis=2)
-    stack = _resize_float(stack, size, size)
+    stack = resize_float(stack, size, size)
     return np.clip(stack[..., :3], 0.0, 1.0), stack[..., 3] >= 0.5
-
-
-def _sample_rng(seed: int | None, epoch: int, index: int) -> np.random.Generator:
-    """The generator of one augmented sample.
-
-    With a ``seed``: determined by ``(seed, epoch, index)``, in any worker and
-    order. Without: seeded from torch's default generator, which DataLoader
-    seeds differently in each worker and epoch (read, never set, here).
-    """
-    if seed is None:
-        return np.random.default_rng(int(torch.randint(0, 2**62, ())))
-    return np.random.default_rng([seed, epoch, index])
-
-
-def _to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
-            torch.from_numpy(mask[None].astype(np.float32)))
 
 
 class PolypFolder(Dataset):
@@ -126,7 +108,7 @@ class PolypFolder(Dataset):
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Pair ``i`` at its stored size, checked: image float32 (H, W, 3) in [0, 1], mask bool (H, W)."""
-        image_path, mask_path = self.pairs[_check_index(i, len(self.pairs))]
+        image_path, mask_path = self.pairs[check_index(i, len(self.pairs))]
         with open_image(image_path) as im:
             image = image_to_float(im, image_path)
         with open_image(mask_path) as im:
@@ -144,43 +126,13 @@ class PolypFolder(Dataset):
             self.load(i)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = _check_index(i, len(self.pairs))
+        index = check_index(i, len(self.pairs))
         image, mask = self.load(index)
         if self.train:
-            image, mask = self.recipe(image, mask, _sample_rng(self.seed, self.epoch, index))
+            image, mask = self.recipe(image, mask, sample_rng(self.seed, self.epoch, index))
         else:
             image, mask = _resize_pair(image, mask, self.size)
-        return _to_tensors(image, mask)
+        return pair_to_tensors(image, mask)
 
     def __repr__(self) -> str:
         return f"PolypFolder({str(self.root)!r}, size={self.size}, train={self.train}, n={len(self)})"
-
-
-class Augmented(Dataset):
-    """Apply an :class:`~esa_tutorial.data.AugmentRecipe` to the pairs of another dataset.
-
-    ``dataset[i]`` must be ``(image (3, H, W), mask (1, H, W))`` tensors, e.g.
-    :class:`~esa_tutorial.data.SyntheticPolyps`. ``seed`` and :meth:`set_epoch`
-    work as in :class:`PolypFolder`. ``Augmented(SyntheticPolyps(n, 64),
-    AugmentRecipe.for_size(64))`` is the recipe scaled to 64-pixel images.
-    """
-
-    def __init__(self, dataset: torch.utils.data.Dataset, recipe: AugmentRecipe, seed: int | None = None) -> None:
-        self.dataset, self.recipe, self.seed, self.epoch = dataset, recipe, seed, 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation draws of ``epoch`` (only matters with a ``seed``)."""
-        self.epoch = int(epoch)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = _check_index(i, len(self))
-        image, mask = self.dataset[index]
-        image, mask = self.recipe(image.numpy().transpose(1, 2, 0), mask[0].numpy() >= 0.5,
-                                  _sample_rng(self.seed, self.epoch, index))
-        return _to_tensors(image, mask)
-
-    def __repr__(self) -> str:
-        return f"Augmented({self.dataset!r}, {self.recipe!r})"

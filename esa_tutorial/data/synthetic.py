@@ -6,16 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..validation import check_positive_int, check_seed
-
-
-def _check_index(i: object, n: int) -> int:
-    """Python-style index into ``n`` items (negative counts from the end)."""
-    if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-        raise TypeError(f"index must be an integer, got {type(i).__name__}")
-    if not -n <= i < n:
-        raise IndexError(f"index {i} out of range for a dataset of {n} samples")
-    return int(i) % n
+from ..validation import check_index, check_positive_int, check_seed
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -132,7 +123,7 @@ class SyntheticPolyps(Dataset):
         return self.n
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = synthetic_polyp(self.seed, _check_index(i, self.n), self.size)
+        image, mask = synthetic_polyp(self.seed, check_index(i, self.n), self.size)
         # Layout and dtype in NumPy: small torch ops cost more than the drawing itself on a busy CPU.
         return (
             torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),

@@ -7,7 +7,7 @@ Two suites, each a grid of variants x seeds trained under one protocol:
     :mod:`esa_tutorial.book.context_task`: no attention vs ESA vs full MHSA.
 ``ablation``
     :class:`~esa_tutorial.nn.ldnet.LDNet` (width 16) on 64x64 synthetic polyps:
-    no attention, ESA, full MHSA, ESA + LCA (chapter 6).
+    no attention, ESA, full MHSA, ESA + LCA (chapter 7).
 
 The protocol makes the variants comparable within a seed: the shared parts
 start from identical weights (asserted before training), every variant sees
@@ -306,7 +306,7 @@ def verified_path(name: str, folder: Path = PRETRAINED) -> Path:
     """
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"no {MANIFEST} in {folder}: run python -m esa_tutorial.experiments manifest")
+        raise FileNotFoundError(f"no {MANIFEST} in {folder}: run python -m esa_tutorial.experiments manifest --out {folder}")
     manifest = json.loads(manifest_path.read_text())
     if name not in manifest:
         raise FileNotFoundError(f"{name!r} is not in {manifest_path}; known: {sorted(manifest)[:6]}...")

@@ -2,10 +2,22 @@
 
 ::
 
-    python -m esa_tutorial.experiments context             # ContextNet, 3 variants x 3 seeds
-    python -m esa_tutorial.experiments ablation            # LDNet on polyps, 4 variants x 3 seeds
-    python -m esa_tutorial.experiments manifest            # record SHA-256s of what is there
+    python -m esa_tutorial.experiments context    # ContextNet, 3 variants x 3 seeds
+    python -m esa_tutorial.experiments ablation   # LDNet on polyps, 4 variants x 3 seeds
     python -m esa_tutorial.experiments context --seeds 0 --steps 100 --out /tmp/try
+    python -m esa_tutorial.experiments manifest --out FOLDER   # SHA-256 of each file
+
+Suites::
+
+    context   the key-matching task of "What ESA learns": ContextNet without attention,
+              with ESA and with full MHSA
+    ablation  the small LDNet on synthetic polyps of "Ablation": no attention, ESA,
+              full MHSA, ESA + LCA
+    manifest  train nothing; write the SHA-256 of every file in --out to its manifest
+
+Each run writes into a new folder, experiment_runs/<suite>-<date>-<time>, unless --out
+names one. The models the book loads ship with the package and stay untouched: to
+replace them, name their folder with --out on purpose.
 
 The stored results were trained with ``OMP_NUM_THREADS=1`` (one thread per run, so the
 per-step times of variants compare); set it in the shell to reproduce them. The command
@@ -16,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -33,23 +46,41 @@ from . import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m esa_tutorial.experiments", description=__doc__.splitlines()[0])
-    p.add_argument("suite", choices=("context", "ablation", "manifest"))
+    p = argparse.ArgumentParser(prog="python -m esa_tutorial.experiments", description=__doc__.replace("\n::\n", "").replace("::\n", ":\n"),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("suite", choices=("context", "ablation", "manifest"), help="what to run (see above)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     p.add_argument("--steps", type=int, help="training steps (default: the suite's)")
     p.add_argument("--variants", nargs="+", help="variant names (default: all of the suite)")
-    p.add_argument("--out", type=Path, default=PRETRAINED, help="output folder (default: the package's)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: a new experiment_runs/<suite>-<date>-<time>)")
     return p
+
+
+def fresh_out(suite: str, root: Path = Path("experiment_runs")) -> Path:
+    """A folder that does not exist yet, ``root/<suite>-<YYYYmmdd-HHMMSS>[-n]``: a run never
+    mixes its files with an earlier run's, nor with the models shipped in the package."""
+    stem = f"{suite}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, n = root / stem, 1
+    while out.exists():
+        n += 1
+        out = root / f"{stem}-{n}"
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.steps is not None and args.steps < 1:
-        parser.error(f"--steps must be at least 1, got {args.steps}")
+    if args.steps is not None and not 1 <= args.steps <= 10**7:
+        parser.error(f"--steps must be an integer from 1 to 10000000, got {args.steps}")
     bad_seeds = [s for s in args.seeds if not 0 <= s < 2**32]
     if bad_seeds:
         parser.error(f"--seeds must lie in [0, 2**32), got {bad_seeds}")
+    if args.out is None:
+        if args.suite == "manifest":
+            parser.error(f"manifest needs --out FOLDER (the package's models: --out {PRETRAINED})")
+        args.out = fresh_out(args.suite)
+        print(f"writing to {args.out}", flush=True)
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out must be a folder, got the file {args.out}")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..validation import check_dropout, check_feature_map, check_positive_int, check_same_dtype
+from ..validation import check_dropout, check_feature_map, check_mask_logits, check_positive_int, check_same_dtype
+from .ppm import mask_average_pool
 
 
 class PixelAttention(nn.Module):
@@ -58,25 +59,33 @@ class PixelAttention(nn.Module):
         check_feature_map(x, self.dim, who)
         check_same_dtype(x, self.to_qkv.weight, who)
 
-    def attention(self, x: torch.Tensor, *context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attention weights and values of the literal form.
+    def qkv(self, x: torch.Tensor, *context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries of every pixel and keys and values of the tokens, split into heads.
 
-        Returns ``attn`` (B, heads, H*W, n_kv), rows summing to one, and
-        ``v`` (B, heads, n_kv, dim_head).
+        (B, C, H, W) -> ``q`` (B, heads, H*W, dim_head), ``k`` and ``v``
+        (B, heads, n_kv, dim_head). One 1x1 convolution projects all three.
         """
         q, k, v = self.to_qkv(x).chunk(3, dim=1)  # each (B, inner_dim, H, W)
         q = rearrange(q, "b (h d) x y -> b h (x y) d", h=self.heads)
         k, v = (
             rearrange(self.tokens(t, *context), "b (h d) n -> b h n d", h=self.heads) for t in (k, v)
         )
+        return q, k, v
+
+    def attention(self, x: torch.Tensor, *context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention weights and values of the literal form.
+
+        Returns ``attn`` (B, heads, H*W, n_kv), rows summing to one, and
+        ``v`` (B, heads, n_kv, dim_head).
+        """
+        q, k, v = self.qkv(x, *context)
         attn = torch.softmax(q @ k.transpose(-1, -2) * self.scale, dim=-1)
         return attn, v
 
     def forward_reference(self, x: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
         """The literal form, as the paper's code computes it: (B, C, H, W) -> (B, H*W, C)."""
         self.check_input(x)
-        attn, v = self.attention(x, *context)
-        return self.to_out(rearrange(attn @ v, "b h n d -> b n (h d)"))
+        return self._reference(x, *context)
 
     def forward_sdpa(self, x: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
         """The literal form with :func:`torch.nn.functional.scaled_dot_product_attention`. (B, C, H, W) -> (B, H*W, C).
@@ -85,12 +94,15 @@ class PixelAttention(nn.Module):
         weighted sum; its default scale is ``dim_head**-0.5``, the same as ours.
         """
         self.check_input(x)
-        q, k, v = self.to_qkv(x).chunk(3, dim=1)
-        q = rearrange(q, "b (h d) x y -> b h (x y) d", h=self.heads)
-        k, v = (
-            rearrange(self.tokens(t, *context), "b (h d) n -> b h n d", h=self.heads) for t in (k, v)
-        )
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self._sdpa(x, *context)
+
+    # The unchecked bodies: a forward that has checked its input once calls these.
+    def _reference(self, x: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
+        attn, v = self.attention(x, *context)
+        return self.to_out(rearrange(attn @ v, "b h n d -> b n (h d)"))
+
+    def _sdpa(self, x: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(*self.qkv(x, *context), scale=self.scale)
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
     def forward(self, x: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
@@ -110,3 +122,22 @@ class MHSA(PixelAttention):
 
     def tokens(self, t: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
         return t.flatten(2)
+
+
+class LCA(PixelAttention):
+    """Lesion-aware cross-attention: pixels attend to the mask-pooled lesion token.
+
+    (B, C, H, W) features and (B, 1, H, W) mask logits -> (B, H*W, C).
+    Keys and values are one token each, so the softmax over them is exactly 1:
+    a chapter of the book shows what that means for the queries.
+    """
+
+    def tokens(self, t: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
+        (mask_logits,) = context
+        return mask_average_pool(t, mask_logits)
+
+    def forward(self, x: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """(B, C, H, W), (B, 1, H, W) -> (B, H*W, C)."""
+        self.check_input(x)
+        check_mask_logits(mask_logits, x, "LCA")
+        return self._reference(x, mask_logits)

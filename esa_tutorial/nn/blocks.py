@@ -1,4 +1,4 @@
-"""The blocks around the attention layers in LDNet: ESA block, mask pooling, LCA.
+"""The blocks around the attention layers in LDNet: the ESA and LCA blocks (pre-norm feed-forward, residual).
 
 Submodule names follow LDNet's code (``ESAlayer``, ``LCAlayer``,
 ``ff.norm``, ``ff.fn.net``) so that its block checkpoints load with
@@ -13,18 +13,9 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .attention import PixelAttention
+from .attention import LCA
 from .esa import ESA
-from ..validation import (
-    autocast_enabled,
-    check_dropout,
-    check_feature_map,
-    check_positive_int,
-    check_same_dtype,
-)
-
-MASK_EPS = 5e-4  # LDNet's epsilon: keeps an all-background mask from dividing by zero
-
+from ..validation import check_dropout, check_positive_int
 
 class PreNorm(nn.Module):
     """LayerNorm, then ``fn``: (B, N, C) -> fn's output."""
@@ -53,78 +44,6 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-
-def check_mask_logits(mask_logits: object, x: torch.Tensor, who: str) -> torch.Tensor:
-    """Check that ``mask_logits`` is a floating (B, 1, H, W) tensor matching ``x`` (B, C, H, W).
-
-    Rule for masks that are not logits: bool and integer tensors are refused,
-    because a sigmoid of 0/1 gives 0.5/0.73, not a mask. Pass logits instead,
-    e.g. ``torch.where(mask, 10.0, -10.0)``. A float dtype other than ``x``'s
-    is refused too (outside autocast), instead of silently promoting.
-    """
-    b, _, h, w = x.shape
-    if not isinstance(mask_logits, torch.Tensor) or tuple(mask_logits.shape) != (b, 1, h, w):
-        got = tuple(mask_logits.shape) if isinstance(mask_logits, torch.Tensor) else type(mask_logits).__name__
-        raise ValueError(f"{who} expects mask logits of shape {(b, 1, h, w)}, got {got}")
-    if not mask_logits.is_floating_point():
-        raise TypeError(
-            f"{who} expects floating-point mask logits (a sigmoid is applied to them), got "
-            f"{mask_logits.dtype}; a 0/1 mask is not logits: pass e.g. torch.where(mask, 10.0, -10.0)"
-        )
-    autocast = autocast_enabled(x.device.type)
-    if mask_logits.dtype != x.dtype and not autocast:
-        raise TypeError(
-            f"{who}: the features are {x.dtype} but the mask logits are {mask_logits.dtype}; "
-            f"convert the mask, e.g. mask_logits.to({x.dtype})"
-        )
-    if mask_logits.device != x.device:
-        raise ValueError(f"{who}: the features are on {x.device} but the mask logits on {mask_logits.device}")
-    return mask_logits
-
-
-def mask_average_pool(x: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
-    """Average ``x`` over the lesion, weighting each pixel by ``sigmoid(mask_logits)``.
-
-    Args:
-        x: (B, C, H, W) features.
-        mask_logits: (B, 1, H, W) floating-point logits of the previous
-            prediction, in ``x``'s dtype (bool/integer masks are refused, see
-            ``check_mask_logits``).
-
-    Returns:
-        The pooled token, shape (B, C, 1), ``sum(x * m) / (sum(m) + 5e-4)`` per
-        channel with ``m = sigmoid(mask_logits)``.
-    """
-    check_feature_map(x, None, "mask_average_pool")
-    check_mask_logits(mask_logits, x, "mask_average_pool")
-    m = torch.sigmoid(mask_logits)
-    area = m.sum(dim=(-2, -1)) + MASK_EPS  # (B, 1)
-    return ((x * m).sum(dim=(-2, -1)) / area).unsqueeze(-1)
-
-
-class LCA(PixelAttention):
-    """Lesion-aware cross-attention: pixels attend to the mask-pooled lesion token.
-
-    (B, C, H, W) features and (B, 1, H, W) mask logits -> (B, H*W, C).
-    Keys and values are one token each, so the softmax over them is exactly 1:
-    chapter 4 shows what that means for the queries.
-    """
-
-    def tokens(self, t: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
-        (mask_logits,) = context
-        return mask_average_pool(t, mask_logits)
-
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise a clear error unless ``x`` is (B, dim, H, W) in the module's dtype (autocast allowed)."""
-        check_feature_map(x, self.dim, "LCA")
-        check_same_dtype(x, self.to_qkv.weight, "LCA")
-
-    def forward(self, x: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        """(B, C, H, W), (B, 1, H, W) -> (B, H*W, C)."""
-        self.check_input(x)
-        check_mask_logits(mask_logits, x, "LCA")
-        return self.forward_reference(x, mask_logits)
 
 
 class _TokenBlock(nn.Module):

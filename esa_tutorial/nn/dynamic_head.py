@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .blocks import mask_average_pool
-from ..validation import check_choice, check_feature_map, check_positive_int
+from .ppm import mask_average_pool
+from ..validation import check_choice, check_feature_map, check_kernel_size, check_positive_int
 
 
 def dynamic_conv(features: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -51,7 +51,7 @@ class KernelGenerator(nn.Module):
     def __init__(self, top_channels: int, dim: int, kernel_size: int = 1) -> None:
         super().__init__()
         self.dim = check_positive_int("dim", dim)
-        self.kernel_size = check_positive_int("kernel_size", kernel_size)
+        self.kernel_size = check_kernel_size(kernel_size)
         # LDNet uses 16 groups at 512 channels; gcd keeps narrow widths valid.
         self.context = nn.Sequential(
             nn.GroupNorm(math.gcd(16, top_channels), top_channels),
@@ -80,7 +80,7 @@ def lesion_feature(features: torch.Tensor, prev_logits: torch.Tensor, pooling: P
     ``HeadUpdator.forward``): ``f = sum_p m_p F_p``. The lesion feature grows
     with the predicted area and with the image size.
     ``"mean"``: ``f = sum_p m_p F_p / (sum_p m_p + 5e-4)``, the area-free
-    average that :func:`~esa_tutorial.nn.blocks.mask_average_pool` computes.
+    average that :func:`~esa_tutorial.nn.ppm.mask_average_pool` computes.
     """
     check_choice("pooling", pooling, POOLINGS)
     check_feature_map(features, None, "lesion_feature")

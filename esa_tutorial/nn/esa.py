@@ -19,7 +19,7 @@ Three forward passes compute the same function with the same parameters:
     scale fold into the keys (``A_h = W_q,h^T K_h``, C x 35 per head) and the
     output projection into the values (``V'_h = V_h W_out,h^T``, 35 x C), so
     the work over the N pixels is two matrix products and a softmax over 35
-    columns. Chapter 7 derives it step by step.
+    columns. Chapter 9 derives it step by step.
 
     Folding costs a fixed ``2 * 35 * inner_dim * C * 4`` FLOPs per image (and
     the input is pooled with two small products,
@@ -123,12 +123,12 @@ class ESA(PixelAttention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, H*W, C)."""
-        self.check_input(x)
+        self.check_input(x)  # once; the bodies below do not check again
         if self.impl == "sdpa":
-            return self.forward_sdpa(x)
+            return self._sdpa(x)
         if self.impl == "reference" or self.literal_is_cheaper(x):
-            return self.forward_reference(x)
-        return self.forward_folded(x)
+            return self._reference(x)
+        return self._folded(x)
 
     def literal_is_cheaper(self, x: torch.Tensor) -> bool:
         """Whether ``forward`` runs the literal form for (B, C, H, W) ``x`` (see :func:`literal_is_cheaper`)."""
@@ -164,6 +164,9 @@ class ESA(PixelAttention):
         tensor is kept for autograd.
         """
         self.check_input(x)
+        return self._folded(x)
+
+    def _folded(self, x: torch.Tensor) -> torch.Tensor:
         a, vo = self.folded_weights(x)
         bias = self.to_out[0].bias if self.project_out else None
         out = folded_attention(x.flatten(2), a, vo, bias, self.heads)  # (B, N, C)

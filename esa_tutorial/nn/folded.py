@@ -18,7 +18,7 @@ The scores are laid out pixels-last, (B, heads*n_kv, n), not (B, n, heads*n_kv):
 the softmax then reduces over a middle axis of 35 and runs along contiguous
 pixels, which vectorises fully. Along a last axis of 35 the CPU kernel works on
 short rows that do not fill its vector registers. On the CPU the softmax is also
-taken in base 2 (:func:`softmax2_per_head_`). Chapter 7 measures both choices
+taken in base 2 (:func:`softmax2_per_head_`). Chapter 9 measures both choices
 (:func:`esa_tutorial.bench.softmax.softmax_costs`). The products read the
 transposed operands through BLAS's transpose flags, without copies.
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..validation import check_feature_map, check_pooling_sizes
+from ..validation import check_feature_map, check_mask_logits, check_pooling_sizes
 
 
 def adaptive_bins(length: int, bins: int) -> list[tuple[int, int]]:
@@ -91,3 +91,26 @@ class PPM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"pooling_sizes={self.pooling_sizes}"
+
+
+MASK_EPS = 5e-4  # LDNet's epsilon: keeps an all-background mask from dividing by zero
+
+
+def mask_average_pool(x: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """Average ``x`` over the lesion, weighting each pixel by ``sigmoid(mask_logits)``.
+
+    Args:
+        x: (B, C, H, W) features.
+        mask_logits: (B, 1, H, W) floating-point logits of the previous
+            prediction, in ``x``'s dtype (bool/integer masks are refused, see
+            ``check_mask_logits``).
+
+    Returns:
+        The pooled token, shape (B, C, 1), ``sum(x * m) / (sum(m) + 5e-4)`` per
+        channel with ``m = sigmoid(mask_logits)``.
+    """
+    check_feature_map(x, None, "mask_average_pool")
+    check_mask_logits(mask_logits, x, "mask_average_pool")
+    m = torch.sigmoid(mask_logits)
+    area = m.sum(dim=(-2, -1)) + MASK_EPS  # (B, 1)
+    return ((x * m).sum(dim=(-2, -1)) / area).unsqueeze(-1)

@@ -5,9 +5,10 @@ One code path for the command line and the notebooks::
     python -m esa_tutorial.train --synthetic --quick       # about a minute on a laptop CPU
     python -m esa_tutorial.train --data kvasir/ --epochs 80  # LDNet's recipe on a folder
 
-and in Python ``run_experiment(TrainConfig(...))`` (chapters 5 and 6). The
-library is in small modules: ``losses``, ``schedule``, ``config``, ``fit`` (the
-one loop), ``distributed`` and ``loop`` (epochs, validation, checkpoints); the command line is ``__main__``. Library
+and in Python ``run_experiment(TrainConfig(...))`` (chapters 6 and 7). The
+library is in small modules: ``losses``, ``schedule``, ``config``, ``fitting`` (the
+one loop, :func:`fit`), ``distributed`` and ``loop`` (epochs, validation,
+checkpoints); the command line is ``__main__``. Library
 code never seeds global random state; scripts and notebooks call
 :func:`~esa_tutorial.seed_everything` themselves if they want to.
 

@@ -8,7 +8,8 @@ from typing import Any
 
 from ..nn.ldnet import ATTENTIONS
 from ..validation import (
-    check_choice, check_finite, check_non_negative_int, check_positive_int, check_seed,
+    check_choice, check_finite, check_float_range, check_int_range, check_non_negative_int, check_positive_int,
+    check_seed,
 )
 
 AMP_DTYPES = ("fp16", "bf16")
@@ -16,6 +17,12 @@ SCHEDULES = ("per_step", "per_epoch")
 MODELS = ("small", "full")
 PAPER_SIZES = dict(width=64, heads=8, dim_head=64, mlp_dim=512)  # LDNet.paper_sized's, for model="full"
 TARGET_RESIZES = ("area", "bilinear")
+
+
+# Upper bounds of the numeric options: far beyond any sensible run, below what torch cannot represent.
+UPPER = dict(n_train=10**7, n_val=10**7, size=8192, width=1024, heads=256, dim_head=1024, mlp_dim=65536,
+             epochs=10**6, batch_size=65536, read_every=10**6, lr=1e6, momentum=1.0, weight_decay=1.0,
+             power=100.0)
 
 
 @dataclass
@@ -84,6 +91,7 @@ class TrainConfig:
         for name in ("n_train", "n_val", "size", "width", "heads", "dim_head", "mlp_dim", "epochs", "batch_size",
                      "read_every"):
             check_positive_int(name, getattr(self, name))
+            check_int_range(name, getattr(self, name), 1, UPPER[name])  # 10**20 would overflow inside torch
         if self.size % 32:
             raise ValueError(f"size must be a multiple of 32 (LDNet's encoder stride), got {self.size}")
         check_choice("attention", self.attention, ATTENTIONS)
@@ -93,6 +101,8 @@ class TrainConfig:
         check_finite("lr", self.lr, 0.0, strict=True)
         for name in ("momentum", "weight_decay", "power"):
             check_finite(name, getattr(self, name), 0.0)
+        for name in ("lr", "momentum", "weight_decay", "power"):
+            check_float_range(name, getattr(self, name), 0.0, UPPER[name])  # 1e308 overflows a float32
         check_finite("val_fraction", self.val_fraction)
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction!r}")
@@ -115,7 +125,7 @@ class TrainConfig:
 
         ``model="small"``: the package's small encoder at ``width``, ``heads``,
         ``dim_head``, ``mlp_dim``. ``model="full"``: LDNet's whole network
-        (:meth:`~esa_tutorial.nn.ldnet.LDNet.full`: Res2Net-50 and LDNet's sizes;
+        (:meth:`~esa_tutorial.LDNet.full`: Res2Net-50 and LDNet's sizes;
         the four size fields are not used).
         """
         sizes = PAPER_SIZES if self.model == "full" else dict(width=self.width, heads=self.heads,

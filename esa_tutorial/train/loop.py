@@ -206,10 +206,10 @@ def _diverged(what: str, step: int, total: int, epoch: int, lr: float, config: T
 
 def train_epoch(state: TrainState, loader: torch.utils.data.DataLoader, config: TrainConfig, device: torch.device,
                 bar: Any = None) -> tuple[list[float], list[float]]:
-    """One epoch through :func:`~esa_tutorial.train.fit.fit`: (loss per step, seconds per step).
+    """One epoch through :func:`~esa_tutorial.train.fit`: (loss per step, seconds per step).
 
     The batch order of epoch ``e`` comes from ``config.seed + e + 1`` (see
-    :class:`EpochBatches`); the scheduler steps per step or, with
+    :class:`~esa_tutorial.train.distributed.EpochBatches`); the scheduler steps per step or, with
     ``config.schedule == "per_epoch"`` (LDNet's code), once at the epoch's end.
     ``bar``, a tqdm progress bar or ``None``, advances by one per step.
 
@@ -317,7 +317,7 @@ class ExperimentResult:
     IoU), in eval mode. ``history`` maps names to per-epoch lists: ``epoch``,
     ``train_loss``, ``lr`` (at the epoch's end), ``seconds_per_step`` (median),
     ``val_<score>`` for every score of :func:`evaluate`; ``step_loss`` has one
-    entry per step. ``saved_activation_mb`` is :func:`saved_activation_bytes`
+    entry per step. ``saved_activation_mb`` is :func:`~esa_tutorial.cost.saved_for_backward_bytes`
     for one training batch, ``cuda_peak_mb`` the CUDA peak (``None`` on CPU).
     """
 

@@ -27,7 +27,8 @@ CHROMIUM_FLAGS = (
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     # Docker's /dev/shm is 64 MB (CI's test job runs in a container): Chromium crashes on long pages.
     "--disable-dev-shm-usage",
-    "--window-size=1280,1000",
+    # The desktop window of the layout checks (tests/browser/test_layout.py).
+    "--window-size=1200,900",
 )
 
 # Waits for MathJax where the page loads it, then reads everything the tests check.
@@ -56,7 +57,7 @@ function report(mathjaxState) {
            .map(a => a.href),
     sidebar: [...document.querySelectorAll('nav.bd-docs-nav a[href]')].map(a => a.href),
     citations: [...document.querySelectorAll('.bibtex-citation a[href]')].map(a => a.href),
-    entries: [...document.querySelectorAll('[role="doc-biblioentry"]')].map(e => e.id),
+    entries: [...document.querySelectorAll('.citation-list > .citation')].map(e => e.id),
     // Most progress-bar blocks (tqdm's "42%|") under one cell: 1 when its updates were merged.
     progress: Math.max(0, ...[...document.querySelectorAll('.cell_output')].map(out =>
       [...out.querySelectorAll('.output')].filter(o => /\d+%\|/.test(o.textContent)).length)),

@@ -12,7 +12,7 @@ from book_site import PAGE_REPORT_JS, SCREENSHOTS, all_pages, site_path, toc_fil
 
 # Chapters the toc must keep: the reader's path through the book (by file name, so a
 # renamed title does not break the test, a dropped chapter does).
-EXPECTED_CHAPTERS = ("01_", "02_", "03_", "04_", "05_", "06_", "07_")
+EXPECTED_CHAPTERS = ("02_", "03_", "04_", "05_", "06_", "07_", "08_", "09_")
 
 
 def test_toc_lists_the_planned_chapters():
@@ -68,11 +68,11 @@ def test_every_citation_lands_on_a_bibliography_entry(visit, base_url):
 
 
 def _key_pages() -> list[tuple[str, str]]:
-    """(name, page) for the screenshots: the landing page, chapter 3 (ESA), chapter 7 (speed)."""
+    """(name, page) for the screenshots: the landing page, chapter 4 (ESA), chapter 9 (speed)."""
     pages = toc_pages()
     return [("intro", pages[0])] + [
         (name, next((p for p in pages if p.rsplit("/", 1)[-1].startswith(prefix)), f"{prefix}*"))
-        for name, prefix in (("chapter03", "03_"), ("chapter07", "07_"))]
+        for name, prefix in (("chapter04", "04_"), ("chapter09", "09_"))]
 
 
 @pytest.mark.parametrize("name,page", _key_pages())
@@ -101,3 +101,21 @@ def _save_screenshot(driver, path) -> None:
         assert shot.width >= 1000 and shot.height >= 600
         # A blank page is one colour; a rendered one has text, images and formulas.
         assert len(shot.convert("L").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 50
+
+
+NUMBERED_CHAPTERS_JS = r"""
+const read = sel => [...document.querySelectorAll(sel)].map(a => [a.href, a.textContent.trim()]);
+return {sidebar: read('nav.bd-docs-nav a.reference').filter(([, text]) => /^\d+\. /.test(text)),
+        listed: read('article .chapter-link a')};
+"""
+
+
+def test_home_page_lists_every_chapter_with_its_number(driver, visit, base_url):
+    """'What you will build' links every numbered chapter, in order, numbered as the sidebar."""
+    root = toc_pages()[0]
+    visit(root)  # skips a page that was not built
+    driver.get(base_url + root)
+    found = driver.execute_script(NUMBERED_CHAPTERS_JS)
+    assert found["sidebar"], "the sidebar numbers no chapter"
+    assert found["listed"] == found["sidebar"], (
+        f"home page lists {found['listed']}, the sidebar numbers {found['sidebar']}")

