@@ -88,3 +88,21 @@ def test_home_page_figure_1_is_legible():
 def test_grid_weights_print_in_three_characters(weight, label):
     from esa_tutorial.book.attention_maps import weight_label
     assert weight_label(weight) == label
+
+
+@pytest.mark.parametrize("n", [4, 6])
+def test_chapter_10_truth_and_prediction_is_legible(n):
+    titles = [f"worst\nDice 0.{i}7" for i in range(n)]
+    plotting.show_truth_and_prediction(torch.rand(n, 3, 64, 64), torch.rand(n, 1, 64, 64),
+                                       torch.rand(n, 1, 64, 64), titles)
+    px, text = smallest_text_px(_last_figure(), NOTEBOOK_DPI)
+    assert px >= 0.7 * BODY_PX, f"{text!r} is shown at {px:.1f} px"
+
+
+def test_chapter_10_attention_on_image_is_legible():
+    plotting.show_attention_on_image(torch.rand(3, 64, 64), torch.zeros(1, 64, 64),
+                                     torch.rand(2, 4, 64, 64) * 3, [(10, 12), (40, 50)],
+                                     ["polyp pixel", "background pixel"],
+                                     ["e4 (14x14)", "e3 (28x28)", "e2 (56x56)", "e1 (112x112)"])
+    px, text = smallest_text_px(_last_figure(), NOTEBOOK_DPI)
+    assert px >= 0.7 * BODY_PX, f"{text!r} is shown at {px:.1f} px"

@@ -305,10 +305,11 @@ def show_truth_and_prediction(images: torch.Tensor, masks: torch.Tensor, probs: 
         raise ValueError(f"expected n images (n, 3, H, W), masks and probabilities (n, 1, H, W) and n "
                          f"titles; got {tuple(images.shape)}, {tuple(masks.shape)}, {tuple(probs.shape)} "
                          f"and {len(titles)} titles")
-    fig, axes = plt.subplots(3, n, figsize=(1.9 * n, 5.9), squeeze=False)
+    side = min(1.9, 7.0 / n)  # the whole figure fits the book's column, text legible
+    fig, axes = plt.subplots(3, n, figsize=(side * n, 3.1 * side), squeeze=False)
     for i in range(n):
         axes[0, i].imshow(_np(images[i]).transpose(1, 2, 0).clip(0, 1))
-        axes[0, i].set_title(titles[i], fontsize=8)
+        axes[0, i].set_title(titles[i], fontsize=10)
         axes[1, i].imshow(_np(masks[i, 0]), cmap="gray", vmin=0, vmax=1)
         axes[2, i].imshow(_np(probs[i, 0]), cmap="magma", vmin=0, vmax=1)
         axes[2, i].contour(_np(masks[i, 0]), levels=[0.5], colors="lime", linewidths=1)
@@ -317,7 +318,7 @@ def show_truth_and_prediction(images: torch.Tensor, masks: torch.Tensor, probs: 
         ax.set_xticks([])
         ax.set_yticks([])
     for ax, label in zip(axes[:, 0], ("image", "ground truth", "prediction")):
-        ax.set_ylabel(label, fontsize=9)
+        ax.set_ylabel(label, fontsize=10)
     fig.tight_layout()
 
 
@@ -339,7 +340,8 @@ def show_attention_on_image(image: torch.Tensor, mask: torch.Tensor, maps: torch
         raise ValueError(f"expected {m.shape[0]} row titles and {m.shape[1]} column titles, "
                          f"got {len(row_titles)} and {len(col_titles)}")
     rows, cols = m.shape[:2]
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 0.8, 2.3 * rows), squeeze=False)
+    side = min(2.3, 6.6 / cols)  # the whole figure fits the book's column, text legible
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 0.9, side * rows), squeeze=False)
     picture = _np(image).transpose(1, 2, 0).clip(0, 1)
     vmax = float(m.max())
     for r, (y, x) in enumerate(pixels):
@@ -352,8 +354,8 @@ def show_attention_on_image(image: torch.Tensor, mask: torch.Tensor, maps: torch
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(col_titles[c], fontsize=9)
-        axes[r, 0].set_ylabel(row_titles[r], fontsize=9)
+                ax.set_title(col_titles[c], fontsize=10)
+        axes[r, 0].set_ylabel(row_titles[r], fontsize=10)
     fig.colorbar(im, ax=axes, shrink=0.8, label="weight / uniform")
 
 
