@@ -96,6 +96,27 @@ def test_myst_roles_fail_in_notebooks_but_not_on_book_pages(tmp_path):
     assert book_truth.check_paths([page]) == []
 
 
+def test_an_unresolved_placeholder_fails_in_notebooks_and_pages(tmp_path):
+    text = "Its ablation on real data {BIB} says so; {TODO} here."
+    nb = _notebook(tmp_path, _md(text))
+    page = tmp_path / "page.md"
+    page.write_text(text)
+    assert _rules(book_truth.check_paths([nb])) == ["placeholder"] * 2
+    assert _rules(book_truth.check_paths([page])) == ["placeholder"] * 2
+    # Braces in math and code are markup, not placeholders; lower-case roles are not either.
+    fine = _notebook(tmp_path, _md("$\\mathrm{MHSA}$ and `{BIB}` and {cite}"), name="fine.ipynb")
+    assert book_truth.check_paths([fine]) == []
+
+
+def test_check_html_finds_a_placeholder_in_the_visible_text_only():
+    page = ("<p>its own ablation on real polyp data {BIB}, which states</p>"
+            "<span class=\"math notranslate nohighlight\">\\(\\mathrm{MHSA}\\)</span>"
+            "<pre>{CODE}</pre><script>var x = {A};</script><p>\\(\\text{QK}\\)</p>")
+    found = book_truth.check_html(page)
+    assert len(found) == 1 and "{BIB}" in found[0]
+    assert book_truth.check_html(page.replace("{BIB}", "(Zhang et al., 2022)")) == []
+
+
 def test_a_conclusion_from_an_ignored_output_fails(tmp_path):
     ignored = _code("print(score)", "val dice 0.66\n", ignore=True)
     path = _notebook(tmp_path, ignored, _md("The model reaches a Dice of 0.66, good enough."))
