@@ -4,6 +4,8 @@
 
     python -m esa_tutorial.experiments context             # ContextNet, 3 variants x 3 seeds
     python -m esa_tutorial.experiments ablation            # LDNet on polyps, 4 variants x 3 seeds
+    python -m esa_tutorial.experiments fine-key            # the fine-key task (what ESA loses), 4 x 3 seeds
+    python -m esa_tutorial.experiments costs ablation      # re-measure params and memory of stored runs
     python -m esa_tutorial.experiments manifest            # record SHA-256s of what is there
     python -m esa_tutorial.experiments context --seeds 0 --steps 100 --out /tmp/try
 
@@ -15,6 +17,7 @@ itself leaves torch's thread count alone, as every part of the package does.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -26,15 +29,19 @@ from . import (
     PRETRAINED,
     ablation_spec,
     context_spec,
+    fine_key_spec,
     run_suite,
     summarise,
+    remeasure_costs,
     write_manifest,
+    write_runs,
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m esa_tutorial.experiments", description=__doc__.splitlines()[0])
-    p.add_argument("suite", choices=("context", "ablation", "manifest"))
+    p.add_argument("suite", choices=("context", "fine-key", "ablation", "manifest", "costs"))
+    p.add_argument("stored", nargs="?", help="with costs: the stored suite to re-measure (context, ablation...)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     p.add_argument("--steps", type=int, help="training steps (default: the suite's)")
     p.add_argument("--variants", nargs="+", help="variant names (default: all of the suite)")
@@ -53,11 +60,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out must be a folder, got the file {args.out}")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.suite == "costs":
+        if args.stored is None:
+            parser.error("costs needs the suite to re-measure, e.g. costs ablation")
+        path = args.out / "histories" / f"{args.stored}.json"
+        if not path.is_file():
+            parser.error(f"no stored runs at {path}")
+        runs = remeasure_costs(json.loads(path.read_text()))
+        write_runs(runs, path)
+        write_manifest(args.out)
+        for run in runs:
+            print(f"{run['spec']['variant']:<14} seed {run['spec']['seed']}: saved {run['cost']['saved_mb']:.2f} MiB")
+        return 0
     if args.suite == "manifest":
         for name, digest in write_manifest(args.out).items():
             print(f"{digest[:12]}  {name}")
         return 0
-    variants, make = (CONTEXT_VARIANTS, context_spec) if args.suite == "context" else (ABLATION_VARIANTS, ablation_spec)
+    variants, make = {
+        "context": (CONTEXT_VARIANTS, context_spec),
+        "fine-key": (CONTEXT_VARIANTS, fine_key_spec),
+        "ablation": (ABLATION_VARIANTS, ablation_spec),
+    }[args.suite]
     names = args.variants or list(variants)
     unknown = [n for n in names if n not in variants]
     if unknown:
