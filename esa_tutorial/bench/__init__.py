@@ -146,7 +146,7 @@ def time_once(variant: Variant, shape: Sequence[int], mode: Mode, dtype: torch.d
 
 def saved_for_backward_mb(variant: Variant, shape: Sequence[int], dtype: torch.dtype,
                           device: torch.device | str) -> float:
-    """MB that autograd keeps from the forward pass for the backward pass (each storage counted once)."""
+    """MiB (2**20 bytes) autograd keeps for the backward pass beyond the input and the weights (each storage once)."""
     module = build(variant, shape[1], dtype, device)
     x, _ = make_inputs(shape, dtype, device, "forward_backward")
     storages: dict[int, int] = {}
