@@ -33,7 +33,7 @@ from .context_task import PALETTE, ContextDiscs, ContextSample, context_sample
 
 FINE_KEY_SIZE = 2  # inner side of a key, pixels: one pixel of ContextNet's half-resolution map
 FINE_FRAME = 1
-N_KEYS = 6  # framed dots of the target's colour: the corner one and five on the lattice
+N_KEYS = 3  # framed dots of the target's colour: the corner one and two on the lattice
 DECOY_STEP = 6  # lattice spacing of keys and decoys, pixels
 DECOY_SIDE = FINE_KEY_SIZE + 2 * FINE_FRAME  # an empty frame has a key's outer size
 KEY_CLEARANCE = 7  # lattice keys stay this far from every disc: beyond the convolutions' half-window
