@@ -1,10 +1,14 @@
 """The book's trained models: fixed-seed CPU runs, their histories and small checkpoints.
 
-Two suites, each a grid of variants x seeds trained under one protocol:
+Three suites, each a grid of variants x seeds trained under one protocol:
 
 ``context``
     :class:`~esa_tutorial.context_task.ContextNet` on the key-matching task of
-    :mod:`esa_tutorial.context_task`: no attention vs ESA vs full MHSA.
+    :mod:`esa_tutorial.context_task`: no attention, a single global token
+    (ESA with ``pooling_sizes=(1,)``), ESA, full MHSA.
+``fine-key``
+    The same network and variants on :mod:`esa_tutorial.fine_key_task` (48x48):
+    a key smaller than a pyramid cell among look-alike decoys.
 ``ablation``
     :class:`~esa_tutorial.ldnet.LDNet` (width 16) on 64x64 synthetic polyps:
     no attention, ESA, full MHSA, ESA + LCA (chapter 6).
@@ -16,8 +20,8 @@ same number of steps and the same optimiser (AdamW with a poly schedule). Cost
 is measured in the same run: parameters, bytes autograd keeps for one
 training batch, and the median wall time of a step.
 
-``python -m esa_tutorial.experiments context`` and ``... ablation`` reproduce
-everything the book loads from :data:`PRETRAINED`. The stored runs took about
+``python -m esa_tutorial.experiments context``, ``... fine-key`` and ``... ablation``
+reproduce everything the book loads from :data:`PRETRAINED`. The stored runs took about
 57 and 49 minutes of training steps on one thread each, on a busy shared
 2-core machine (each run's time is in its history; suites can run in parallel
 processes with ``--seeds``/``--variants`` and the same ``--out``, results are
