@@ -1,7 +1,7 @@
 """The package's layers, as book/api.md describes them, hold in its imports.
 
 1. the model library (every module not named below), 2. what the book shows
-(figures, attention maps, the context task, experiments, the benchmark),
+(figures, attention maps, the context and fine-key tasks, experiments, the benchmark),
 3. command lines (``__main__.py``), 4. the course. A layer imports only from
 the layers before it (and the course from 1-2 only), and argparse lives in
 ``__main__.py`` alone.
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "esa_tutorial"
-SHOWN = {"plotting", "attention_maps", "context_task", "experiments", "bench"}
+SHOWN = {"plotting", "attention_maps", "context_task", "fine_key_task", "experiments", "bench"}
 
 
 def _module(path: Path) -> str:
