@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-data", metavar="DIR", help="validation folder (default: hold out --val-fraction of --data)")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--quick", action="store_true",
-                   help="64x64, 256 images in batches of 8, 12 epochs, lr 0.05: about a minute on a quiet 2-core CPU")
+                   help="64x64, 256 images in batches of 8, 12 epochs, lr 0.05: about a minute on one CPU thread")
     defaults = TrainConfig()
     for name in ("epochs", "batch_size", "size", "width", "heads", "dim_head", "mlp_dim", "seed",
                  "n_train", "n_val", "num_workers"):
