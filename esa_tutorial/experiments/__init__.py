@@ -22,7 +22,7 @@ training batch, and the median wall time of a step.
 
 ``python -m esa_tutorial.experiments context``, ``... fine-key`` and ``... ablation``
 reproduce everything the book loads from :data:`PRETRAINED`. The stored runs took about
-60, 107 and 49 minutes of training steps (context, fine-key, ablation) on one
+60, 107 and 38 minutes of training steps (context, fine-key, ablation) on one
 thread each, on a busy shared 2-core machine (each run's time is in its history; suites can run in parallel
 processes with ``--seeds``/``--variants`` and the same ``--out``, results are
 merged by run name). The files (about 3 MB) are committed as package data
