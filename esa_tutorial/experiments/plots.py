@@ -10,7 +10,10 @@ import torch
 
 from . import summarise
 
-COLOURS = {"no attention": "tab:gray", "ESA": "tab:blue", "full MHSA": "tab:red", "ESA + LCA": "tab:green"}
+COLOURS = {
+    "no attention": "tab:gray", "ESA": "tab:blue", "full MHSA": "tab:red", "ESA + LCA": "tab:green",
+    "global token": "tab:orange",
+}
 
 
 def curves(runs: Sequence[dict[str, Any]], variant: str, key: str = "val_dice") -> tuple[np.ndarray, np.ndarray]:
