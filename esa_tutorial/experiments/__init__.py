@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -409,3 +410,27 @@ def summarise(runs: Sequence[dict[str, Any]], key: str = "val_dice") -> dict[str
         }
         for v, xs in by_variant.items()
     }
+
+
+def curves(runs: Sequence[dict[str, Any]], variant: str, key: str = "val_dice") -> tuple[np.ndarray, np.ndarray]:
+    """Evaluation steps (n_evals,) and the ``key`` curves of every seed of ``variant`` (n_seeds, n_evals)."""
+    chosen = [r for r in runs if r["spec"]["variant"] == variant]
+    if not chosen:
+        raise ValueError(f"no runs of variant {variant!r}")
+    return np.array(chosen[0]["history"]["eval_step"]), np.array([r["history"][key] for r in chosen])
+
+
+def results_table(runs: Sequence[dict[str, Any]], variants: Sequence[str], key: str = "val_dice") -> str:
+    """One line per variant: final ``key`` mean +- std over seeds, the seeds' values, parameters and cost."""
+    stats = summarise(runs, key)
+    lines = [f"{'variant':<14}{'mean':>7}{'std':>7}   per seed{'':<14}{'params':>9}{'saved MiB':>10}{'ms/step':>9}"]
+    for v in variants:
+        chosen = [r for r in runs if r["spec"]["variant"] == v]
+        finals = " ".join(f"{r['history'][key][-1]:.3f}" for r in chosen)
+        cost = chosen[0]["cost"]
+        ms = np.median([r["cost"]["ms_per_step"] for r in chosen])
+        lines.append(
+            f"{v:<14}{stats[v]['mean']:>7.3f}{stats[v]['std']:>7.3f}   {finals:<22}"
+            f"{cost['params'] / 1e3:>8.1f}k{cost['saved_mb']:>10.1f}{ms:>9.0f}"
+        )
+    return "\n".join(lines)
