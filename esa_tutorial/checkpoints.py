@@ -145,6 +145,18 @@ def _read_header(raw: bytes, path: Path) -> tuple[str, int, int]:
     return digest, length, offset
 
 
+def _read_file(path: Path, what: str, is_folder: str, missing: str, empty: str) -> bytes:
+    """The bytes of the regular file ``path`` (capped), with the caller's message for each way it fails."""
+    if path.is_dir():
+        raise CheckpointError(is_folder)
+    if not path.exists():
+        raise FileNotFoundError(missing)
+    raw = read_regular_file(path, MAX_FILE_BYTES, what)
+    if not raw:
+        raise CheckpointError(empty)
+    return raw
+
+
 def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and verify a file written by :func:`save_checkpoint`.
 
@@ -156,13 +168,9 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
     ``model``/``config``.
     """
     path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a folder; give the file inside it, e.g. {path / 'best.pt'}")
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
-    raw = read_regular_file(path, MAX_FILE_BYTES, "checkpoint")
-    if not raw:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): a write that never finished, or not a checkpoint")
+    raw = _read_file(path, "checkpoint", f"checkpoint {path} is a folder; give the file inside it, e.g. "
+                     f"{path / 'best.pt'}", f"no checkpoint at {str(path)!r}",
+                     f"checkpoint {path} is empty (0 bytes): a write that never finished, or not a checkpoint")
     digest, length, offset = _read_header(raw, path)
     payload = raw[offset:]
     if len(payload) != length:
@@ -276,13 +284,8 @@ def load_state_dict_file(path: PathLike) -> dict[str, torch.Tensor]:
     pretrained weights); there is no checksum to verify. Returns name -> tensor on the CPU.
     """
     path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder, expected a state-dict file")
-    if not path.exists():
-        raise FileNotFoundError(f"no file at {str(path)!r}")
-    raw = read_regular_file(path, MAX_FILE_BYTES, "state-dict file")
-    if not raw:
-        raise CheckpointError(f"{path} is empty (0 bytes), expected a state dict saved with torch.save")
+    raw = _read_file(path, "state-dict file", f"{path} is a folder, expected a state-dict file",
+                     f"no file at {str(path)!r}", f"{path} is empty (0 bytes), expected a state dict saved with torch.save")
     if raw.startswith(MAGIC):
         raise CheckpointError(f"{path} is a checkpoint written by save_checkpoint, not a plain state dict: "
                               "read it with load_checkpoint (a model: esa_tutorial.train.model_from_checkpoint)")

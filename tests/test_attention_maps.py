@@ -13,6 +13,7 @@ import torch
 from einops import rearrange
 
 from esa_tutorial import ESA, LDNet
+from esa_tutorial.book.plotting import show_heatmaps, show_pyramid
 from esa_tutorial.book.attention_maps import (
     attention_weights,
     block_inputs,
@@ -22,8 +23,6 @@ from esa_tutorial.book.attention_maps import (
     level_shares,
     max_entropy,
     pixel_weights,
-    show_heatmaps,
-    show_pyramid,
     token_grids,
 )
 

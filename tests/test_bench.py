@@ -11,10 +11,11 @@ import torch
 from esa_tutorial import ESA, folded
 from esa_tutorial.bench import (
     BREAKDOWN_PARTS, DIM_HEAD, HEADS, LDNET_SHAPES, VARIANTS, Record, attention_matrix_gb, build, format_speedup_table,
-    format_table, forward_breakdown, ldnet_training_step, pixel_product_flops, plot, plot_shares, run_benchmark,
+    format_table, forward_breakdown, ldnet_training_step, pixel_product_flops, run_benchmark,
     saved_for_backward_mb, speedup_table, variant_flops,
 )
 from esa_tutorial.bench.__main__ import main
+from esa_tutorial.book.plotting import plot_shares, plot_times as plot
 
 count_flops = variant_flops
 

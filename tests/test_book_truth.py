@@ -87,13 +87,34 @@ def test_a_typed_chapter_number_fails_and_a_link_passes(tmp_path):
     assert book_truth.check_paths([good]) == []
 
 
-def test_myst_roles_fail_in_notebooks_but_not_on_book_pages(tmp_path):
-    text = "See {doc}`03_pyramid_pooling` and {cite}`zhang2022ldnet`.\n\n(my-label)=\n## Title\n"
+def _notebook_and_page_rules(tmp_path, text: str) -> tuple[list[str], list[str]]:
+    """The rules that fire on ``text`` as a notebook's markdown and as a book page."""
     nb = _notebook(tmp_path, _md(text))
     page = tmp_path / "page.md"
     page.write_text(text)
-    assert _rules(book_truth.check_paths([nb])) == ["myst-role"] * 3
-    assert book_truth.check_paths([page]) == []
+    return _rules(book_truth.check_paths([nb])), _rules(book_truth.check_paths([page]))
+
+
+def test_myst_roles_fail_in_notebooks_but_not_on_book_pages(tmp_path):
+    text = "See {doc}`02_pyramid_pooling` and {cite}`zhang2022ldnet`.\n\n(my-label)=\n## Title\n"
+    assert _notebook_and_page_rules(tmp_path, text) == (["myst-role"] * 3, [])
+
+
+def test_an_unresolved_placeholder_fails_in_notebooks_and_pages(tmp_path):
+    text = "Its ablation on real data {BIB} says so; {TODO} here."
+    assert _notebook_and_page_rules(tmp_path, text) == (["placeholder"] * 2, ["placeholder"] * 2)
+    # Braces in math and code are markup, not placeholders; lower-case roles are not either.
+    fine = _notebook(tmp_path, _md("$\\mathrm{MHSA}$ and `{BIB}` and {cite}"), name="fine.ipynb")
+    assert book_truth.check_paths([fine]) == []
+
+
+def test_check_html_finds_a_placeholder_in_the_visible_text_only():
+    page = ("<p>its own ablation on real polyp data {BIB}, which states</p>"
+            "<span class=\"math notranslate nohighlight\">\\(\\mathrm{MHSA}\\)</span>"
+            "<pre>{CODE}</pre><script>var x = {A};</script><p>\\(\\text{QK}\\)</p>")
+    found = book_truth.check_html(page)
+    assert len(found) == 1 and "{BIB}" in found[0]
+    assert book_truth.check_html(page.replace("{BIB}", "(Zhang et al., 2022)")) == []
 
 
 def test_a_conclusion_from_an_ignored_output_fails(tmp_path):

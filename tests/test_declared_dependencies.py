@@ -10,7 +10,9 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCAL = {"esa_tutorial", "oracle", "book_site", "conftest", "make_hostile", "tests"}
+# The repository's own modules (the tests put tools/ and tests/ on the path).
+LOCAL = {"esa_tutorial", "oracle", "book_site", "conftest", "make_hostile", "tests"} | {
+    p.stem for p in (ROOT / "tools").glob("*.py")}
 
 
 def _top_level_imports(folder: Path) -> set[str]:

@@ -15,12 +15,16 @@ from esa_tutorial.experiments import (
     context_spec,
     load_history,
     load_model,
+    model_cost,
+    first_batch,
+    remeasure_costs,
     spec_from_json,
     summarise,
     train_run,
     verified_path,
     write_manifest,
 )
+from esa_tutorial.book.context_task import ContextDiscs
 from esa_tutorial.experiments.__main__ import main
 from esa_tutorial.train import TrainingDiverged, non_finite_weight
 
@@ -44,6 +48,34 @@ def test_the_stored_context_run_reproduces() -> None:
     # The tolerance can fail: another seed's stored losses are far outside it.
     other = next(r for r in runs if r["spec"]["variant"] == "ESA" and r["spec"]["seed"] != 0)
     assert (torch.tensor(other["history"]["loss"][:REPRO_STEPS]) - expected).abs().max() > 10 * LOSS_ATOL
+
+
+@pytest.mark.parametrize("suite", ["context", "ablation"])
+def test_stored_costs_match_the_current_code(suite: str) -> None:
+    # Parameters and the memory autograd keeps depend only on the code and the spec: the stored
+    # values (shown in chapters 6 and 8) must be what the current code measures, one run per variant.
+    runs = {r["spec"]["variant"]: r for r in load_history(suite) if r["spec"]["seed"] == 0}
+    assert len(runs) >= 4
+    for variant, run in runs.items():
+        spec = spec_from_json(run["spec"])
+        live = model_cost(build_model(spec), first_batch(spec))
+        assert run["cost"]["params"] == live["params"], variant
+        assert run["cost"]["saved_mb"] == pytest.approx(live["saved_mb"], rel=1e-9), variant
+
+
+def test_remeasure_costs_replaces_a_stale_figure_and_keeps_the_history() -> None:
+    run = next(r for r in load_history("context") if r["spec"]["variant"] == "ESA")
+    stale = {**run, "cost": {**run["cost"], "saved_mb": 1.0, "params": 7.0}}
+    (fresh,) = remeasure_costs([stale])
+    assert fresh["cost"]["saved_mb"] == pytest.approx(run["cost"]["saved_mb"])
+    assert fresh["cost"]["params"] == run["cost"]["params"]
+    assert fresh["history"] == run["history"] and fresh["cost"]["ms_per_step"] == run["cost"]["ms_per_step"]
+
+
+def test_first_batch_is_the_start_of_the_training_set() -> None:
+    x = first_batch(context_spec("ESA", 0, batch_size=3))
+    full = ContextDiscs(5, 64, 0)  # a larger training set starts with the same images
+    assert torch.equal(x, torch.stack([full[i][0] for i in range(3)]))
 
 
 def test_a_diverging_run_stops_with_its_name_step_and_learning_rate() -> None:

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
 from esa_tutorial.book import plotting  # noqa: E402
-from esa_tutorial.book.attention_maps import show_pyramid  # noqa: E402
+from esa_tutorial.book.plotting import show_pyramid  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import draw_figures  # noqa: E402
@@ -86,7 +86,7 @@ def test_home_page_figure_1_is_legible():
 @pytest.mark.parametrize("weight,label", [(0.0, ".00"), (0.05, ".05"), (0.983, ".98"),
                                           (0.994, ".99"), (0.995, "1"), (1.0, "1")])
 def test_grid_weights_print_in_three_characters(weight, label):
-    from esa_tutorial.book.attention_maps import weight_label
+    from esa_tutorial.book.plotting import weight_label
     assert weight_label(weight) == label
 
 

@@ -2,7 +2,7 @@
 
 1. the model library (every module not named below; the modules in ``nn``
 import only ``nn``, validation, checkpoints and files), 2. what the book shows
-(``book``: figures, attention maps, the context task; experiments, the benchmark),
+(``book``: figures, attention maps, the context and fine-key tasks; experiments, the benchmark),
 3. command lines (``__main__.py``), 4. the course. A layer imports only from
 the layers before it (and the course from 1-2 only), and argparse lives in
 ``__main__.py`` alone.

@@ -28,20 +28,6 @@ def _only_figure():
     return plt.figure(numbers[0])
 
 
-def test_token_grids_split_a_row_in_ppm_order():
-    row = torch.arange(35.0)
-    g1, g3, g5 = plotting.token_grids(row)
-    assert g1.tolist() == [[0.0]]
-    assert g3.tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
-    assert g5[0].tolist() == [10, 11, 12, 13, 14] and g5[4, 4] == 34
-
-
-def test_token_grids_names_the_expected_length():
-    with pytest.raises(ValueError, match=r"expects a row of 35 weights .* got shape \(34,\)"):
-        plotting.token_grids(torch.zeros(34))
-    assert [g.shape for g in plotting.token_grids(np.zeros(14), (1, 2, 3))] == [(1, 1), (2, 2), (3, 3)]
-
-
 def test_annotated_grid_writes_every_value():
     fig, ax = plt.subplots()
     values = np.array([[0.1, 0.25], [0.5, 1.0]])

@@ -201,7 +201,7 @@ def test_cli_cuda_without_gpu(capsys) -> None:
 def test_cli_quick_defaults_and_overrides() -> None:
     args = cli.build_parser().parse_args(["--synthetic", "--quick", "--epochs", "3", "--no-lca"])
     config = cli.config_from_args(args)
-    assert (config.size, config.lr, config.epochs, config.use_lca) == (64, 0.05, 3, False)
+    assert (config.size, config.lr, config.epochs, config.use_lca, config.batch_size) == (64, 0.05, 3, False, 8)
     assert cli.config_from_args(cli.build_parser().parse_args(["--synthetic"])).lr == 1e-3
 
 

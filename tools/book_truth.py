@@ -4,7 +4,7 @@
     python tools/book_truth.py notebooks/06_ldnet_small.ipynb book/paper.md
 
 Prose means the markdown cells of notebooks and the pages ``book/*.md``. Code spans,
-code blocks, math and link targets are not prose. Four rules:
+code blocks, math and link targets are not prose. Five rules:
 
 ``number``
     A number next to a unit or a comparison word (``241 ms``, ``0.2 GiB``, ``29 %``,
@@ -22,6 +22,10 @@ code blocks, math and link targets are not prose. Four rules:
 ``myst-role``
     No MyST role (``{doc}``, ``{cite}``, ``{numref}``, ``{glue}``, ...) or ``(label)=``
     line in notebook markdown: Colab and Jupyter show them raw. Book pages may use them.
+``placeholder``
+    No unresolved template placeholder such as ``{BIB}`` or ``{TODO}`` (braces around
+    capitals, outside code and math): it would render literally. :func:`check_html` applies
+    the same rule to the text of a built page.
 ``ignored-output``
     A decimal number (two or more decimals) printed only by cells tagged
     ``nbval-ignore-output`` (machine-dependent, unchecked) must not appear in the
@@ -54,6 +58,7 @@ SENTENCE_END = re.compile(r"(?<!et al)(?<!e\.g)(?<!i\.e)(?<!vs)[.!?](?=\s|$)|\n\
 CHAPTER_NUMBER = re.compile(r"\b[Cc]hapters?\s+\d")
 MYST_ROLE = re.compile(r"\{(?:doc|cite|numref|glue|ref|eq|term|download|cite:\w+|glue:\w+)\}`"
                        r"|^\([\w-]+\)=\s*$", re.M)
+PLACEHOLDER = re.compile(r"\{[A-Z][A-Z0-9_]*\}")
 DECIMAL = re.compile(r"(?<![\w.])\d+\.\d{2,}(?![\d])")
 
 
@@ -107,10 +112,25 @@ def check_text(markdown: str, *, notebook: bool) -> list[tuple[str, str]]:
             found.append(("number", _snippet(text, m.start(), m.end())))
     for m in CHAPTER_NUMBER.finditer(text):
         found.append(("chapter-number", _snippet(text, m.start(), m.end())))
+    for m in PLACEHOLDER.finditer(text):
+        found.append(("placeholder", _snippet(text, m.start(), m.end())))
     if notebook:
         for m in MYST_ROLE.finditer(_with_roles_kept(markdown)):
             found.append(("myst-role", m.group(0).strip()))
     return found
+
+
+def check_html(html: str) -> list[str]:
+    """Unresolved placeholders (``{BIB}``) in the visible text of a built page, with context.
+
+    Scripts, styles, code, and math (MathJax's ``\\(..\\)``, ``\\[..\\]``, ``$$..$$``
+    and elements of class ``math``) are left out: braces there are markup, not text.
+    """
+    text = re.sub(r"<(script|style|pre|code)\b.*?</\1>", " ", html, flags=re.S | re.I)
+    text = re.sub(r"<(span|div)\b[^>]*class=\"[^\"]*\bmath\b[^\"]*\"[^>]*>.*?</\1>", " ", text, flags=re.S)
+    text = re.sub(r"<[^>]+>", " ", text)
+    text = re.sub(r"\\\(.*?\\\)|\\\[.*?\\\]|\$\$.*?\$\$", " ", text, flags=re.S)
+    return [_snippet(text, m.start(), m.end()) for m in PLACEHOLDER.finditer(text)]
 
 
 def _snippet(text: str, start: int, end: int, pad: int = 40) -> str:

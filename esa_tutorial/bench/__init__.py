@@ -45,7 +45,6 @@ import platform
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Literal, Sequence, get_args
 
 import torch
@@ -57,7 +56,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..nn.attention import MHSA
 from ..cost import attention_matrix_bytes, saved_for_backward_bytes
 from ..nn.esa import ESA
-from ..files import save_figure
 from ..nn import folded
 
 Variant = Literal["mhsa", "esa_reference", "esa_folded", "esa_sdpa"]
@@ -370,43 +368,6 @@ def forward_breakdown(shape: Sequence[int], dtype: torch.dtype = torch.float32,
     return seconds
 
 
-def plot_breakdown(breakdown: dict[str, float], ax=None):  # type: ignore[no-untyped-def]
-    """A horizontal stacked bar of :func:`forward_breakdown`'s parts, in ms. Returns the axes."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(8, 1.8))
-    left = 0.0
-    for part in BREAKDOWN_PARTS:
-        ms = max(0.0, 1e3 * breakdown[part])
-        ax.barh(0, ms, left=left, label=f"{part} ({ms:.0f} ms)")
-        left += ms
-    ax.set_yticks([])
-    ax.set_xlabel("ms of one folded forward pass")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=3, frameon=False)
-    return ax
-
-
-def plot_shares(rows: Sequence[dict[str, object]], ax=None):  # type: ignore[no-untyped-def]
-    """Bars of :func:`speedup_table`'s share of the matmul rate per map, each beside its ceiling. Returns the axes."""
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in rows if "share_of_matmul" in r and "share_ceiling" in r]
-    if ax is None:
-        _, ax = plt.subplots(figsize=(8, 3))
-    at = range(len(rows))
-    ax.bar([i - 0.2 for i in at], [100 * float(r["share_ceiling"]) for r in rows], width=0.4, color="0.8",
-           label="ceiling: every counted FLOP at the matmul rate")
-    ax.bar([i + 0.2 for i in at], [100 * float(r["share_of_matmul"]) for r in rows], width=0.4,
-           label="measured")
-    ax.set_xticks(list(at), ["x".join(map(str, r["shape"])) for r in rows])  # type: ignore[call-overload]
-    ax.set_ylabel("% of the dense matmul rate")
-    ax.set_ylim(0, 125)  # room above the bars for the legend
-    ax.set_yticks(range(0, 101, 20))
-    ax.legend(loc="upper center", ncol=2, frameon=False)
-    return ax
-
-
 LDNET_MODELS = ("paper-sized", "full")
 
 
@@ -481,36 +442,6 @@ def machine() -> dict[str, object]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
-
-
-def plot(records: Sequence[Record], out_dir: Path) -> list[Path]:
-    """Bar charts of time per shape and variant, log scale, into ``out_dir/time.png``. Returns the paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shapes = list(dict.fromkeys(r.shape for r in records))
-    variants = list(dict.fromkeys(r.variant for r in records))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, mode in zip(axes, MODES):
-        width = 0.8 / len(variants)
-        for i, v in enumerate(variants):
-            vals = []
-            for s in shapes:
-                rec = next(r for r in records if r.shape == s and r.variant == v)
-                vals.append(1e3 * rec.seconds.get(mode, math.nan))
-            ax.bar([j + i * width for j in range(len(shapes))], vals, width, label=v)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))])
-        ax.set_xticklabels(["x".join(map(str, s)) for s in shapes], rotation=20)
-        ax.set_yscale("log")
-        ax.set_title(mode.replace("_", "+"))
-        ax.set_ylabel("ms")
-    axes[0].legend()
-    fig.tight_layout()
-    path = save_figure(fig, out_dir / "time.png", dpi=120)
-    plt.close(fig)
-    return [path]
 
 
 def log(message: str) -> None:

@@ -21,11 +21,12 @@ from typing import Sequence
 
 import torch
 
+from ..book.plotting import plot_times
 from ..files import write_json
 from ..runtime import resolve_device
 from . import (
     DTYPES, LDNET_MODELS, LDNET_SHAPES, QUICK_SHAPES, VARIANTS, Record, esa_share_of_step, format_speedup_table,
-    format_table, forward_breakdown, ldnet_training_step, log, machine, matmul_gflops, plot,
+    format_table, forward_breakdown, ldnet_training_step, log, machine, matmul_gflops,
     run_benchmark, speedup_table,
 )
 
@@ -152,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> list[Record]:
         log(f"LDNet ({args.model}) training step, batch {args.ldnet_batch} at {side}x{side}: literal ESA "
             f"{step['reference']:.2f} s, folded ESA {step['folded']:.2f} s; folded ESA layers "
             f"~{100 * share:.0f}% of the step")
-    paths = plot(records, args.out)
+    paths = plot_times(records, args.out)
     write_json(result, args.out / "bench.json")
     for path in [*paths, args.out / "bench.json"]:
         log(f"wrote {path}")

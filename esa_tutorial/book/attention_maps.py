@@ -20,8 +20,6 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import matplotlib.pyplot as plt
-import numpy as np
 import torch
 from torch import nn
 
@@ -118,97 +116,6 @@ def block_inputs(model: nn.Module, modules: Sequence[nn.Module], *inputs: torch.
 
 
 # --------------------------------------------------------------------------- plots
-
-
-def show_heatmaps(
-    matrices: torch.Tensor | np.ndarray,
-    row_titles: Sequence[str] | None = None,
-    col_titles: Sequence[str] | None = None,
-    cmap: str = "viridis",
-    size: float = 2.2,
-    colorbar: bool = True,
-    title: str | None = None,
-) -> plt.Figure:
-    """Draw (rows, cols, h, w) matrices as a grid of heatmaps sharing one colour scale (like d2l's)."""
-    m = np.asarray(matrices.detach().cpu() if isinstance(matrices, torch.Tensor) else matrices)
-    if m.ndim != 4:
-        raise ValueError(f"show_heatmaps expects (rows, cols, h, w), got shape {m.shape}")
-    rows, cols = m.shape[:2]
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 0.8, size * rows), squeeze=False)
-    vmax = float(m.max())
-    for r in range(rows):
-        for c in range(cols):
-            im = axes[r, c].imshow(m[r, c], cmap=cmap, vmin=0, vmax=vmax)
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-            if col_titles is not None and r == 0:
-                axes[r, c].set_title(col_titles[c], fontsize=9)
-            if row_titles is not None and c == 0:
-                axes[r, c].set_ylabel(row_titles[r], fontsize=9)
-    if colorbar:
-        fig.colorbar(im, ax=axes, shrink=0.8)
-    if title is not None:
-        fig.suptitle(title)
-    return fig
-
-
-def weight_label(v: float) -> str:
-    """A weight in [0, 1] in three characters, as ``.98`` (``1`` for 1.00), so that five fit
-    across a small grid at a legible size."""
-    return "1" if v >= 0.995 else f".{round(100 * v):02d}"
-
-
-def show_pyramid(
-    image: torch.Tensor | np.ndarray,
-    pixel: tuple[int, int],
-    weights: torch.Tensor,
-    pooling_sizes: Sequence[int] = (1, 3, 5),
-    titles: Sequence[str] | None = None,
-    mask: np.ndarray | None = None,
-    numbers: bool = True,
-) -> plt.Figure:
-    """One row per head: the image with the pixel (star) and where its weight lands, then the grids.
-
-    ``image`` (H, W, 3) or (3, H, W) in [0, 1]; ``pixel`` (row, col) in image
-    coordinates; ``weights`` (heads, n_kv). The first panel overlays
-    :func:`effective_pixel_weights` (upsampled to the image) on the image; the
-    grid panels print each cell's weight and their titles the level's share.
-    """
-    img = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image)
-    if img.ndim == 3 and img.shape[0] == 3:
-        img = img.transpose(1, 2, 0)
-    sizes = check_pooling_sizes(pooling_sizes)
-    heads = weights.shape[0]
-    w = weights.detach().cpu().double()
-    fig, axes = plt.subplots(
-        # About 7.5 in across: a book column shows it at full size, weights at 8.5 pt.
-        heads, 1 + len(sizes), figsize=(1.7 * (1.4 + len(sizes)), 1.75 * heads), squeeze=False,
-        gridspec_kw={"width_ratios": [1.4] + [1] * len(sizes)},
-    )
-    density = effective_pixel_weights(w, img.shape[0], img.shape[1], sizes)
-    for h in range(heads):
-        ax = axes[h, 0]
-        ax.imshow(img)
-        ax.imshow(density[h].numpy(), cmap="magma", alpha=0.55)
-        if mask is not None:
-            ax.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
-        ax.plot(pixel[1], pixel[0], "c*", ms=13, mec="k")
-        ax.set_title(titles[h] if titles else f"head {h}", fontsize=9)
-        vmax = float(w[h].max())
-        for ax, grid, s in zip(axes[h, 1:], token_grids(w[h], sizes), sizes):
-            ax.imshow(grid.numpy(), cmap="viridis", vmin=0, vmax=vmax)
-            if numbers and s <= 5:
-                for i in range(s):
-                    for j in range(s):
-                        v = float(grid[i, j])
-                        ax.text(j, i, weight_label(v), ha="center", va="center", fontsize=8.5,
-                                color="w" if v < vmax / 2 else "k")
-            ax.set_title(f"{s}x{s}: {float(grid.sum()):.2f}", fontsize=9)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    return fig
 
 
 def max_entropy(pooling_sizes: Sequence[int] = (1, 3, 5)) -> float:

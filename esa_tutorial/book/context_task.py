@@ -69,8 +69,17 @@ class ContextSample:
     target: int
 
 
-def context_sample(seed: int, index: int, size: int = 64) -> ContextSample:
-    """Draw sample ``index`` of the task, determined by ``(seed, index)`` alone."""
+def context_sample(
+    seed: int, index: int, size: int = 64, key_size: int = KEY_SIZE, frame: int = FRAME
+) -> ContextSample:
+    """Draw sample ``index`` of the task, determined by ``(seed, index)`` alone.
+
+    ``key_size`` and ``frame`` set the key's inner side and its white frame
+    (pixels); the defaults are the book's task, smaller ones give the
+    fine-key variant of :mod:`esa_tutorial.fine_key_task`.
+    """
+    check_positive_int("key_size", key_size)
+    check_positive_int("frame", frame)
     if size < 48:
         raise ValueError(f"the context task needs size >= 48 to keep the discs far from the key, got {size}")
     rng = np.random.default_rng([seed, index, 7])
@@ -79,7 +88,7 @@ def context_sample(seed: int, index: int, size: int = 64) -> ContextSample:
     shade = 0.45 + 0.1 * rng.random() + 0.05 * np.sin(yy / size * np.pi * rng.uniform(0.5, 2))
     image = np.repeat(shade[..., None], 3, axis=-1).astype(np.float32)
 
-    side = KEY_SIZE + 2 * FRAME
+    side = key_size + 2 * frame
     corner = rng.integers(4)
     top = 2 if corner < 2 else size - 2 - side
     left = 2 if corner % 2 == 0 else size - 2 - side
@@ -88,7 +97,7 @@ def context_sample(seed: int, index: int, size: int = 64) -> ContextSample:
     target = int(rng.integers(N_DISCS))
     jitter = lambda: rng.uniform(-0.06, 0.06, size=3).astype(np.float32)  # noqa: E731
     image[top : top + side, left : left + side] = 1.0
-    image[top + FRAME : top + FRAME + KEY_SIZE, left + FRAME : left + FRAME + KEY_SIZE] = (
+    image[top + frame : top + frame + key_size, left + frame : left + frame + key_size] = (
         PALETTE[colours[target]] + jitter()
     )
 
@@ -129,6 +138,9 @@ class ContextDiscs(Dataset):
             raise ValueError(f"the context task needs size >= 48, got {size}")
         self.seed = check_seed(seed)
 
+    # How a sample is drawn from (seed, index, size); a variant of the task swaps this.
+    _draw = staticmethod(context_sample)
+
     def __len__(self) -> int:
         return self.n
 
@@ -136,7 +148,7 @@ class ContextDiscs(Dataset):
         """The full :class:`ContextSample` of item ``i`` (key position, disc colours...)."""
         if isinstance(i, bool) or not isinstance(i, int) or not -self.n <= i < self.n:
             raise IndexError(f"index {i!r} out of range for a dataset of {self.n} samples")
-        return context_sample(self.seed, i % self.n, self.size)
+        return self._draw(self.seed, i % self.n, self.size)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.sample(i)
@@ -146,7 +158,7 @@ class ContextDiscs(Dataset):
         )
 
     def __repr__(self) -> str:
-        return f"ContextDiscs(n={self.n}, size={self.size}, seed={self.seed})"
+        return f"{type(self).__name__}(n={self.n}, size={self.size}, seed={self.seed})"
 
 
 class FeedForwardBlock(nn.Module):

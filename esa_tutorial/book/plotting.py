@@ -1,8 +1,12 @@
 """Figures of the book, one function each, so a chapter cell says what it shows in a line.
 
+The package's one plotting home: the chapters' figures, the attention pictures of
+:mod:`~esa_tutorial.book.attention_maps`, the stored experiments' curves and the
+benchmark's charts (``plot_times`` draws ``python -m esa_tutorial.bench``'s ``time.png``).
+
 Like ``d2l.plot`` and ``d2l.show_heatmaps``: the chapters compute, these helpers only
 draw. Every ``show_*``/``plot_*`` function takes plain numbers or CPU tensors/arrays and
-draws one new figure, which the notebook shows at the end of the cell. They return None,
+draws one new figure, which the notebook shows at the end of the cell. Most return None,
 as d2l's do, so that a cell's last line never echoes a figure a second time (nbval
 re-executes cells without honouring a trailing ``;``). Nothing here changes global
 matplotlib or torch state.
@@ -10,15 +14,21 @@ matplotlib or torch state.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.axes import Axes
 
-from . import attention_maps
-from ..nn.ppm import adaptive_bins, num_tokens
+from ..bench import BREAKDOWN_PARTS, MODES, Record
+from ..experiments import curves
+from ..files import save_figure
+from ..validation import check_pooling_sizes
+from .attention_maps import effective_pixel_weights, token_grids
+from ..nn.ppm import adaptive_bins
 
 
 
@@ -152,18 +162,6 @@ def show_attention_row(image: np.ndarray, mask: np.ndarray | None, pixel: tuple[
     fig.tight_layout()
 
 
-def token_grids(row: torch.Tensor | np.ndarray, sizes: Sequence[int] = (1, 3, 5)) -> list[np.ndarray]:
-    """Split a row of weights over the pooled tokens into the s x s grids, in PPM's token order.
-
-    (sum s^2,) -> [(s, s) for s in sizes].
-    """
-    r = torch.as_tensor(_np(row))
-    if r.shape != (num_tokens(sizes),):
-        raise ValueError(f"token_grids expects a row of {num_tokens(sizes)} weights "
-                         f"for sizes {tuple(sizes)}, got shape {tuple(r.shape)}")
-    return [grid.numpy() for grid in attention_maps.token_grids(r, sizes)]
-
-
 def show_token_attention(image: np.ndarray, mask: np.ndarray | None,
                          rows: Mapping[str, tuple[tuple[int, int], Sequence[torch.Tensor]]],
                          sizes: Sequence[int] = (1, 3, 5)) -> None:
@@ -183,8 +181,9 @@ def show_token_attention(image: np.ndarray, mask: np.ndarray | None,
     for r, (name, pixel, h, w) in enumerate(lines):
         show_image(axes[r, 0], image, mask, pixel=pixel, title=name)
         vmax = float(_np(w).max())
-        for k, (grid, s) in enumerate(zip(token_grids(w, sizes), sizes)):
-            annotated_grid(axes[r, 1 + k], grid, vmax=vmax, fmt=attention_maps.weight_label, fontsize=8.5)
+        for k, (grid, s) in enumerate(zip(token_grids(torch.as_tensor(_np(w)), sizes), sizes)):
+            grid = grid.numpy()
+            annotated_grid(axes[r, 1 + k], grid, vmax=vmax, fmt=weight_label, fontsize=8.5)
             axes[r, 1 + k].set_title(f"head {h}, {s}x{s}: {grid.sum():.2f}", fontsize=9)
     fig.tight_layout()
 
@@ -413,3 +412,201 @@ def show_mask_pooling(image: torch.Tensor, mask: np.ndarray, weights: torch.Tens
     axes[3].set_xticks([])
     axes[3].set_title("one colour per row", fontsize=9)
     fig.tight_layout()
+
+
+def show_heatmaps(
+    matrices: torch.Tensor | np.ndarray,
+    row_titles: Sequence[str] | None = None,
+    col_titles: Sequence[str] | None = None,
+    cmap: str = "viridis",
+    size: float = 2.2,
+    colorbar: bool = True,
+    title: str | None = None,
+) -> plt.Figure:
+    """Draw (rows, cols, h, w) matrices as a grid of heatmaps sharing one colour scale (like d2l's)."""
+    m = np.asarray(matrices.detach().cpu() if isinstance(matrices, torch.Tensor) else matrices)
+    if m.ndim != 4:
+        raise ValueError(f"show_heatmaps expects (rows, cols, h, w), got shape {m.shape}")
+    rows, cols = m.shape[:2]
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 0.8, size * rows), squeeze=False)
+    vmax = float(m.max())
+    for r in range(rows):
+        for c in range(cols):
+            im = axes[r, c].imshow(m[r, c], cmap=cmap, vmin=0, vmax=vmax)
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if col_titles is not None and r == 0:
+                axes[r, c].set_title(col_titles[c], fontsize=9)
+            if row_titles is not None and c == 0:
+                axes[r, c].set_ylabel(row_titles[r], fontsize=9)
+    if colorbar:
+        fig.colorbar(im, ax=axes, shrink=0.8)
+    if title is not None:
+        fig.suptitle(title)
+    return fig
+
+
+def weight_label(v: float) -> str:
+    """A weight in [0, 1] in three characters, as ``.98`` (``1`` for 1.00), so that five fit
+    across a small grid at a legible size."""
+    return "1" if v >= 0.995 else f".{round(100 * v):02d}"
+
+
+def show_pyramid(
+    image: torch.Tensor | np.ndarray,
+    pixel: tuple[int, int],
+    weights: torch.Tensor,
+    pooling_sizes: Sequence[int] = (1, 3, 5),
+    titles: Sequence[str] | None = None,
+    mask: np.ndarray | None = None,
+    numbers: bool = True,
+) -> plt.Figure:
+    """One row per head: the image with the pixel (star) and where its weight lands, then the grids.
+
+    ``image`` (H, W, 3) or (3, H, W) in [0, 1]; ``pixel`` (row, col) in image
+    coordinates; ``weights`` (heads, n_kv). The first panel overlays
+    :func:`effective_pixel_weights` (upsampled to the image) on the image; the
+    grid panels print each cell's weight and their titles the level's share.
+    """
+    img = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image)
+    if img.ndim == 3 and img.shape[0] == 3:
+        img = img.transpose(1, 2, 0)
+    sizes = check_pooling_sizes(pooling_sizes)
+    heads = weights.shape[0]
+    w = weights.detach().cpu().double()
+    fig, axes = plt.subplots(
+        # About 7.5 in across: a book column shows it at full size, weights at 8.5 pt.
+        heads, 1 + len(sizes), figsize=(1.7 * (1.4 + len(sizes)), 1.75 * heads), squeeze=False,
+        gridspec_kw={"width_ratios": [1.4] + [1] * len(sizes)},
+    )
+    density = effective_pixel_weights(w, img.shape[0], img.shape[1], sizes)
+    for h in range(heads):
+        ax = axes[h, 0]
+        ax.imshow(img)
+        ax.imshow(density[h].numpy(), cmap="magma", alpha=0.55)
+        if mask is not None:
+            ax.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
+        ax.plot(pixel[1], pixel[0], "c*", ms=13, mec="k")
+        ax.set_title(titles[h] if titles else f"head {h}", fontsize=9)
+        vmax = float(w[h].max())
+        for ax, grid, s in zip(axes[h, 1:], token_grids(w[h], sizes), sizes):
+            ax.imshow(grid.numpy(), cmap="viridis", vmin=0, vmax=vmax)
+            if numbers and s <= 5:
+                for i in range(s):
+                    for j in range(s):
+                        v = float(grid[i, j])
+                        ax.text(j, i, weight_label(v), ha="center", va="center", fontsize=8.5,
+                                color="w" if v < vmax / 2 else "k")
+            ax.set_title(f"{s}x{s}: {float(grid.sum()):.2f}", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+COLOURS = {
+    "no attention": "tab:gray", "ESA": "tab:blue", "full MHSA": "tab:red", "ESA + LCA": "tab:green",
+    "global token": "tab:orange",
+}
+
+
+def plot_curves(
+    runs: Sequence[dict[str, Any]],
+    variants: Sequence[str],
+    key: str = "val_dice",
+    ax: plt.Axes | None = None,
+    title: str | None = None,
+) -> plt.Axes:
+    """Mean over seeds (line) and min-max over seeds (band) of ``key`` against the training step."""
+    ax = ax or plt.subplots(figsize=(5.5, 3.4))[1]
+    for v in variants:
+        steps, ys = curves(runs, v, key)
+        colour = COLOURS.get(v)
+        ax.plot(steps, ys.mean(0), "o-", ms=3, color=colour, label=f"{v} ({len(ys)} seeds)")
+        ax.fill_between(steps, ys.min(0), ys.max(0), color=colour, alpha=0.2)
+    ax.set(xlabel="training step", ylabel=key.replace("_", " "), title=title)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def show_samples(images: torch.Tensor, masks: torch.Tensor, titles: Sequence[str] | None = None) -> plt.Figure:
+    """Images (n, 3, H, W) with their masks outlined in white, side by side."""
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(2.3 * n, 2.5), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        ax.imshow(images[i].permute(1, 2, 0).numpy())
+        ax.contour(masks[i, 0].numpy(), levels=[0.5], colors="white", linewidths=1.0)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_breakdown(breakdown: dict[str, float], ax=None):  # type: ignore[no-untyped-def]
+    """A horizontal stacked bar of :func:`forward_breakdown`'s parts, in ms. Returns the axes."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 1.8))
+    left = 0.0
+    for part in BREAKDOWN_PARTS:
+        ms = max(0.0, 1e3 * breakdown[part])
+        ax.barh(0, ms, left=left, label=f"{part} ({ms:.0f} ms)")
+        left += ms
+    ax.set_yticks([])
+    ax.set_xlabel("ms of one folded forward pass")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=3, frameon=False)
+    return ax
+
+
+def plot_shares(rows: Sequence[dict[str, object]], ax=None):  # type: ignore[no-untyped-def]
+    """Bars of :func:`speedup_table`'s share of the matmul rate per map, each beside its ceiling. Returns the axes."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if "share_of_matmul" in r and "share_ceiling" in r]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3))
+    at = range(len(rows))
+    ax.bar([i - 0.2 for i in at], [100 * float(r["share_ceiling"]) for r in rows], width=0.4, color="0.8",
+           label="ceiling: every counted FLOP at the matmul rate")
+    ax.bar([i + 0.2 for i in at], [100 * float(r["share_of_matmul"]) for r in rows], width=0.4,
+           label="measured")
+    ax.set_xticks(list(at), ["x".join(map(str, r["shape"])) for r in rows])  # type: ignore[call-overload]
+    ax.set_ylabel("% of the dense matmul rate")
+    ax.set_ylim(0, 125)  # room above the bars for the legend
+    ax.set_yticks(range(0, 101, 20))
+    ax.legend(loc="upper center", ncol=2, frameon=False)
+    return ax
+
+
+def plot_times(records: Sequence[Record], out_dir: Path) -> list[Path]:
+    """Bar charts of time per shape and variant, log scale, into ``out_dir/time.png``. Returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = list(dict.fromkeys(r.shape for r in records))
+    variants = list(dict.fromkeys(r.variant for r in records))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, mode in zip(axes, MODES):
+        width = 0.8 / len(variants)
+        for i, v in enumerate(variants):
+            vals = []
+            for s in shapes:
+                rec = next(r for r in records if r.shape == s and r.variant == v)
+                vals.append(1e3 * rec.seconds.get(mode, math.nan))
+            ax.bar([j + i * width for j in range(len(shapes))], vals, width, label=v)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))])
+        ax.set_xticklabels(["x".join(map(str, s)) for s in shapes], rotation=20)
+        ax.set_yscale("log")
+        ax.set_title(mode.replace("_", "+"))
+        ax.set_ylabel("ms")
+    axes[0].legend()
+    fig.tight_layout()
+    path = save_figure(fig, out_dir / "time.png", dpi=120)
+    plt.close(fig)
+    return [path]

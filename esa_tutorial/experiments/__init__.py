@@ -1,10 +1,14 @@
 """The book's trained models: fixed-seed CPU runs, their histories and small checkpoints.
 
-Two suites, each a grid of variants x seeds trained under one protocol:
+Three suites, each a grid of variants x seeds trained under one protocol:
 
 ``context``
     :class:`~esa_tutorial.book.context_task.ContextNet` on the key-matching task of
-    :mod:`esa_tutorial.book.context_task`: no attention vs ESA vs full MHSA.
+    :mod:`esa_tutorial.book.context_task`: no attention, a single global token
+    (ESA with ``pooling_sizes=(1,)``), ESA, full MHSA.
+``fine-key``
+    The same network and variants on :mod:`esa_tutorial.book.fine_key_task` (48x48):
+    a key smaller than a pyramid cell among look-alike decoys.
 ``ablation``
     :class:`~esa_tutorial.nn.ldnet.LDNet` (width 16) on 64x64 synthetic polyps:
     no attention, ESA, full MHSA, ESA + LCA (chapter 7).
@@ -16,10 +20,10 @@ same number of steps and the same optimiser (AdamW with a poly schedule). Cost
 is measured in the same run: parameters, bytes autograd keeps for one
 training batch, and the median wall time of a step.
 
-``python -m esa_tutorial.experiments context`` and ``... ablation`` reproduce
-everything the book loads from :data:`PRETRAINED`. The stored runs took about
-57 and 49 minutes of training steps on one thread each, on a busy shared
-2-core machine (each run's time is in its history; suites can run in parallel
+``python -m esa_tutorial.experiments context``, ``... fine-key`` and ``... ablation``
+reproduce everything the book loads from :data:`PRETRAINED`. The stored runs took about
+60, 107 and 38 minutes of training steps (context, fine-key, ablation) on one
+thread each, on a busy shared 2-core machine (each run's time is in its history; suites can run in parallel
 processes with ``--seeds``/``--variants`` and the same ``--out``, results are
 merged by run name). The files (about 3 MB) are committed as package data
 rather than attached as release files because the book runs on Colab from a
@@ -39,13 +43,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..book.context_task import ContextDiscs, ContextNet
 from ..data import SyntheticPolyps
-from ..nn.ldnet import LDNet
+from ..book.fine_key_task import FineKeyDiscs
 from ..files import save_tensors, write_json
+from ..nn.ldnet import LDNet
 from ..metrics import segmentation_scores
 from ..train import (
     FitLog, TrainingDiverged, bce_dice_loss, deep_supervision_loss, fit, poly_schedule, saved_activation_bytes,
@@ -53,16 +59,19 @@ from ..train import (
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained"
 MANIFEST = "manifest.json"
-Task = Literal["context", "polyps"]
+Task = Literal["context", "fine-key", "polyps"]
 
 # The checkpoints the book loads (seed 0): every context model, and LDNet with ESA
 # (2.4 MB; the other ablation models would add 7 MB for figures no chapter draws).
-CHECKPOINTED = {"context": None, "ablation": ("ESA",)}
+CHECKPOINTED = {"context": None, "fine-key": (), "ablation": ("ESA",)}
 
 CONTEXT_VARIANTS: dict[str, dict[str, Any]] = {
     "no attention": dict(attention="none"),
     "ESA": dict(attention="esa"),
     "full MHSA": dict(attention="mhsa"),
+    # ESA with a pyramid of one cell: one key, so its softmax weight is 1 and the block
+    # broadcasts a learned global average to every pixel (what LCA does; PSP/SE-like).
+    "global token": dict(attention="esa", pooling_sizes=(1,)),
 }
 ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "no attention": dict(attention="none", use_lca=False),
@@ -101,6 +110,14 @@ def context_spec(variant: str, seed: int = 0, **overrides: Any) -> RunSpec:
     return RunSpec("context", variant, dict(CONTEXT_VARIANTS[variant]), seed, **overrides)
 
 
+def fine_key_spec(variant: str, seed: int = 0, **overrides: Any) -> RunSpec:
+    """The fine-key suite (:mod:`esa_tutorial.book.fine_key_task`): the context protocol and variants at 48x48.
+
+    48x48 rather than 64x64 keeps full attention affordable on a CPU (576 tokens instead of 1024).
+    """
+    return RunSpec("fine-key", variant, dict(CONTEXT_VARIANTS[variant]), seed, **{"size": 48, **overrides})
+
+
 def ablation_spec(variant: str, seed: int = 0, **overrides: Any) -> RunSpec:
     """The ablation suite's protocol: LDNet width 16 on 64x64 polyps, 240 AdamW steps of 16."""
     base: dict[str, Any] = dict(steps=240, lr=2e-3, n_train=640, n_val=96, eval_every=24)
@@ -109,7 +126,7 @@ def ablation_spec(variant: str, seed: int = 0, **overrides: Any) -> RunSpec:
 
 def build_model(spec: RunSpec) -> nn.Module:
     """The spec's model with its seed's initial weights."""
-    if spec.task == "context":
+    if spec.task != "polyps":
         return ContextNet(seed=spec.seed, **spec.model)
     return LDNet(seed=spec.seed, **spec.model)
 
@@ -120,7 +137,7 @@ def datasets(spec: RunSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, t
     The data are fixed (seed 0 for training, 1 for validation): seeds change the
     initial weights and the batch order, not the task.
     """
-    kind = ContextDiscs if spec.task == "context" else SyntheticPolyps
+    kind = {"context": ContextDiscs, "fine-key": FineKeyDiscs, "polyps": SyntheticPolyps}[spec.task]
     out = []
     for n, seed in ((spec.n_train, 0), (spec.n_val, 1)):
         ds = kind(n, spec.size, seed)
@@ -130,7 +147,7 @@ def datasets(spec: RunSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, t
 
 
 def _loss(spec: RunSpec, outputs: Any, masks: torch.Tensor) -> torch.Tensor:
-    return bce_dice_loss(outputs, masks) if spec.task == "context" else deep_supervision_loss(outputs, masks)
+    return bce_dice_loss(outputs, masks) if spec.task != "polyps" else deep_supervision_loss(outputs, masks)
 
 
 @torch.no_grad()
@@ -140,8 +157,8 @@ def evaluate(spec: RunSpec, model: nn.Module, images: torch.Tensor, masks: torch
     losses, probs = [], []
     for i in range(0, len(images), 32):
         out = model(images[i : i + 32])
-        losses.append(float(_loss(spec, out, masks[i : i + 32])) * len(out if spec.task == "context" else out[0]))
-        probs.append(torch.sigmoid(out if spec.task == "context" else out[0]))
+        losses.append(float(_loss(spec, out, masks[i : i + 32])) * len(out if spec.task != "polyps" else out[0]))
+        probs.append(torch.sigmoid(out if spec.task != "polyps" else out[0]))
     model.train()
     scores = segmentation_scores(torch.cat(probs), masks)
     return {"loss": sum(losses) / len(images), "dice": scores["dice"], "miou": scores["miou"]}
@@ -183,11 +200,7 @@ def train_run(
     order = torch.Generator().manual_seed(spec.seed)
     steps = spec.steps if stop_after is None else min(stop_after, spec.steps)
     history: dict[str, list[float]] = {"loss": [], "eval_step": [], "val_loss": [], "val_dice": [], "val_miou": []}
-    cost = {
-        "params": float(sum(p.numel() for p in model.parameters())),
-        # clone: a slice of x is a view of the whole data set, whose storage would be counted.
-        "saved_mb": saved_activation_bytes(model, x[: spec.batch_size].clone()) / 2**20,
-    }
+    cost = model_cost(model, x[: spec.batch_size])
 
     def batches():
         for _ in range(steps):
@@ -215,6 +228,38 @@ def train_run(
     cost["train_seconds"] = sum(fitted.seconds)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return RunResult(spec, history, cost, state)
+
+
+def model_cost(model: nn.Module, batch: torch.Tensor) -> dict[str, float]:
+    """The run's exact costs: parameters, and MiB autograd keeps for one training ``batch`` (B, 3, S, S).
+
+    Both depend only on the code and the spec, not on the machine, so a stored run's
+    values can be recomputed and compared (:func:`remeasure_costs`).
+    """
+    return {
+        "params": float(sum(p.numel() for p in model.parameters())),
+        # clone: a slice of the data set is a view, whose whole storage would be counted.
+        "saved_mb": saved_activation_bytes(model, batch.clone()) / 2**20,
+    }
+
+
+def first_batch(spec: RunSpec) -> torch.Tensor:
+    """The first ``batch_size`` training images of ``spec`` (sample i depends on (seed, i) only)."""
+    return datasets(dataclasses.replace(spec, n_train=spec.batch_size, n_val=1))[0]
+
+
+def remeasure_costs(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stored runs with ``params`` and ``saved_mb`` measured again by the current code.
+
+    The training histories and times stay as stored; use this when the code changed what
+    autograd keeps but not the computation (the reproduction test checks the losses).
+    """
+    out = []
+    for run in runs:
+        spec = spec_from_json(run["spec"])
+        cost = {**run["cost"], **model_cost(build_model(spec), first_batch(spec))}
+        out.append({**run, "cost": cost})
+    return out
 
 
 def check_equal_start(specs: Sequence[RunSpec]) -> None:
@@ -278,7 +323,13 @@ def write_results(results: Sequence[RunResult], out: Path, suite: str) -> Path:
     old = json.loads(path.read_text()) if path.is_file() else []
     kept = [r for r in old if spec_from_json(r["spec"]).name not in names]
     runs = sorted(kept + new, key=lambda r: (r["spec"]["seed"], r["spec"]["variant"]))
-    return write_json(runs, path)
+    write_runs(runs, path)
+    return path
+
+
+def write_runs(runs: Sequence[dict[str, Any]], path: Path) -> None:
+    """Write stored runs as indented JSON through the package's one writer (atomic, synced)."""
+    write_json(list(runs), path)
 
 
 # --------------------------------------------------------------------------- integrity
@@ -323,13 +374,14 @@ def verified_path(name: str, folder: Path = PRETRAINED) -> Path:
 
 
 def load_history(suite: str, folder: Path = PRETRAINED) -> list[dict[str, Any]]:
-    """The stored runs of a suite (``"context"``, ``"ablation"``): a list of {spec, history, cost}."""
+    """The stored runs of a suite (``"context"``, ``"fine-key"``, ``"ablation"``): a list of {spec, history, cost}."""
     return json.loads(verified_path(f"histories/{suite}.json", folder).read_text())
 
 
 def spec_from_json(spec: dict[str, Any]) -> RunSpec:
-    """Rebuild a :class:`RunSpec` from its stored dictionary."""
-    return RunSpec(**spec)
+    """Rebuild a :class:`RunSpec` from its stored dictionary (JSON lists back to tuples)."""
+    model = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["model"].items()}
+    return RunSpec(**{**spec, "model": model})
 
 
 def load_model(spec: RunSpec, folder: Path = PRETRAINED) -> nn.Module:
@@ -358,3 +410,27 @@ def summarise(runs: Sequence[dict[str, Any]], key: str = "val_dice") -> dict[str
         }
         for v, xs in by_variant.items()
     }
+
+
+def curves(runs: Sequence[dict[str, Any]], variant: str, key: str = "val_dice") -> tuple[np.ndarray, np.ndarray]:
+    """Evaluation steps (n_evals,) and the ``key`` curves of every seed of ``variant`` (n_seeds, n_evals)."""
+    chosen = [r for r in runs if r["spec"]["variant"] == variant]
+    if not chosen:
+        raise ValueError(f"no runs of variant {variant!r}")
+    return np.array(chosen[0]["history"]["eval_step"]), np.array([r["history"][key] for r in chosen])
+
+
+def results_table(runs: Sequence[dict[str, Any]], variants: Sequence[str], key: str = "val_dice") -> str:
+    """One line per variant: final ``key`` mean +- std over seeds, the seeds' values, parameters and cost."""
+    stats = summarise(runs, key)
+    lines = [f"{'variant':<14}{'mean':>7}{'std':>7}   per seed{'':<14}{'params':>9}{'saved MiB':>10}{'ms/step':>9}"]
+    for v in variants:
+        chosen = [r for r in runs if r["spec"]["variant"] == v]
+        finals = " ".join(f"{r['history'][key][-1]:.3f}" for r in chosen)
+        cost = chosen[0]["cost"]
+        ms = np.median([r["cost"]["ms_per_step"] for r in chosen])
+        lines.append(
+            f"{v:<14}{stats[v]['mean']:>7.3f}{stats[v]['std']:>7.3f}   {finals:<22}"
+            f"{cost['params'] / 1e3:>8.1f}k{cost['saved_mb']:>10.1f}{ms:>9.0f}"
+        )
+    return "\n".join(lines)

@@ -2,18 +2,23 @@
 
 ::
 
-    python -m esa_tutorial.experiments context    # ContextNet, 3 variants x 3 seeds
-    python -m esa_tutorial.experiments ablation   # LDNet on polyps, 4 variants x 3 seeds
+    python -m esa_tutorial.experiments context         # ContextNet, 4 variants x 3 seeds
+    python -m esa_tutorial.experiments ablation        # LDNet on polyps, 4 variants x 3 seeds
+    python -m esa_tutorial.experiments fine-key        # what ESA loses, 4 variants x 3 seeds
+    python -m esa_tutorial.experiments costs ablation --out FOLDER   # re-measure stored costs
     python -m esa_tutorial.experiments context --seeds 0 --steps 100 --out /tmp/try
     python -m esa_tutorial.experiments manifest --out FOLDER   # SHA-256 of each file
 
 Suites::
 
     context   the key-matching task of "What ESA learns": ContextNet without attention,
-              with ESA and with full MHSA
+              with one global token, with ESA and with full MHSA
+    fine-key  the same network and variants on keys smaller than a pyramid cell
+              ("What ESA learns", what ESA loses)
     ablation  the small LDNet on synthetic polyps of "Ablation": no attention, ESA,
               full MHSA, ESA + LCA
     manifest  train nothing; write the SHA-256 of every file in --out to its manifest
+    costs     train nothing; re-measure the parameters and memory of a stored suite
 
 Each run writes into a new folder, experiment_runs/<suite>-<date>-<time>, unless --out
 names one. The models the book loads ship with the package and stay untouched: to
@@ -27,6 +32,7 @@ itself leaves torch's thread count alone, as every part of the package does.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -39,16 +45,21 @@ from . import (
     PRETRAINED,
     ablation_spec,
     context_spec,
+    fine_key_spec,
     run_suite,
     summarise,
+    remeasure_costs,
     write_manifest,
+    write_runs,
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m esa_tutorial.experiments", description=__doc__.replace("\n::\n", "").replace("::\n", ":\n"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("suite", choices=("context", "ablation", "manifest"), help="what to run (see above)")
+    p.add_argument("suite", choices=("context", "fine-key", "ablation", "manifest", "costs"),
+                   help="what to run (see above)")
+    p.add_argument("stored", nargs="?", help="with costs: the stored suite to re-measure (context, ablation...)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     p.add_argument("--steps", type=int, help="training steps (default: the suite's)")
     p.add_argument("--variants", nargs="+", help="variant names (default: all of the suite)")
@@ -77,18 +88,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad_seeds:
         parser.error(f"--seeds must lie in [0, 2**32), got {bad_seeds}")
     if args.out is None:
-        if args.suite == "manifest":
-            parser.error(f"manifest needs --out FOLDER (the package's models: --out {PRETRAINED})")
+        if args.suite in ("manifest", "costs"):
+            parser.error(f"{args.suite} needs --out FOLDER (the package's models: --out {PRETRAINED})")
         args.out = fresh_out(args.suite)
         print(f"writing to {args.out}", flush=True)
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out must be a folder, got the file {args.out}")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.suite == "costs":
+        if args.stored is None:
+            parser.error("costs needs the suite to re-measure, e.g. costs ablation")
+        path = args.out / "histories" / f"{args.stored}.json"
+        if not path.is_file():
+            parser.error(f"no stored runs at {path}")
+        runs = remeasure_costs(json.loads(path.read_text()))
+        write_runs(runs, path)
+        write_manifest(args.out)
+        for run in runs:
+            print(f"{run['spec']['variant']:<14} seed {run['spec']['seed']}: saved {run['cost']['saved_mb']:.2f} MiB")
+        return 0
     if args.suite == "manifest":
         for name, digest in write_manifest(args.out).items():
             print(f"{digest[:12]}  {name}")
         return 0
-    variants, make = (CONTEXT_VARIANTS, context_spec) if args.suite == "context" else (ABLATION_VARIANTS, ablation_spec)
+    variants, make = {
+        "context": (CONTEXT_VARIANTS, context_spec),
+        "fine-key": (CONTEXT_VARIANTS, fine_key_spec),
+        "ablation": (ABLATION_VARIANTS, ablation_spec),
+    }[args.suite]
     names = args.variants or list(variants)
     unknown = [n for n in names if n not in variants]
     if unknown:
