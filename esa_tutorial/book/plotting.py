@@ -465,7 +465,7 @@ def show_pyramid(
 
     ``image`` (H, W, 3) or (3, H, W) in [0, 1]; ``pixel`` (row, col) in image
     coordinates; ``weights`` (heads, n_kv). The first panel overlays
-    :func:`effective_pixel_weights` (upsampled to the image) on the image; the
+    :func:`~esa_tutorial.book.attention_maps.effective_pixel_weights` (upsampled to the image) on the image; the
     grid panels print each cell's weight and their titles the level's share.
     """
     img = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image)
@@ -546,7 +546,7 @@ def show_samples(images: torch.Tensor, masks: torch.Tensor, titles: Sequence[str
 
 
 def plot_breakdown(breakdown: dict[str, float], ax=None):  # type: ignore[no-untyped-def]
-    """A horizontal stacked bar of :func:`forward_breakdown`'s parts, in ms. Returns the axes."""
+    """A horizontal stacked bar of :func:`~esa_tutorial.bench.forward_breakdown`'s parts, in ms. Returns the axes."""
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -563,7 +563,7 @@ def plot_breakdown(breakdown: dict[str, float], ax=None):  # type: ignore[no-unt
 
 
 def plot_shares(rows: Sequence[dict[str, object]], ax=None):  # type: ignore[no-untyped-def]
-    """Bars of :func:`speedup_table`'s share of the matmul rate per map, each beside its ceiling. Returns the axes."""
+    """Bars of :func:`~esa_tutorial.bench.speedup_table`'s share of the matmul rate per map, each beside its ceiling. Returns the axes."""
     import matplotlib.pyplot as plt
 
     rows = [r for r in rows if "share_of_matmul" in r and "share_ceiling" in r]
