@@ -4,8 +4,8 @@ ESA gives every pixel 35 weights per head, one per pooled cell (1x1, 3x3,
 5x5). This module reads them through the layer's reference path
 (:meth:`~esa_tutorial.PixelAttention.attention`), splits them into
 the pyramid's grids, summarises them (entropy, share per level) and draws them:
-:func:`show_heatmaps` (a grid of heatmaps, like d2l's) and
-:func:`show_pyramid` (one row per head: the image with the pixel and where its
+:func:`~esa_tutorial.book.plotting.show_heatmaps` (a grid of heatmaps, like d2l's) and
+:func:`~esa_tutorial.book.plotting.show_pyramid` (one row per head: the image with the pixel and where its
 weight lands, then the 1x1, 3x3 and 5x5 grids).
 
 Because a pooled key and value are *averages* of pixels, attending to a cell

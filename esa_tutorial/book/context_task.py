@@ -76,7 +76,7 @@ def context_sample(
 
     ``key_size`` and ``frame`` set the key's inner side and its white frame
     (pixels); the defaults are the book's task, smaller ones give the
-    fine-key variant of :mod:`esa_tutorial.fine_key_task`.
+    fine-key variant of :mod:`esa_tutorial.book.fine_key_task`.
     """
     check_positive_int("key_size", key_size)
     check_positive_int("frame", frame)

@@ -1,11 +1,11 @@
 """The context task with a key smaller than one pyramid cell, among look-alike decoys: what ESA loses.
 
-The image is drawn as in :mod:`esa_tutorial.context_task` (three discs, the
+The image is drawn as in :mod:`esa_tutorial.book.context_task` (three discs, the
 label is the disc whose colour matches the key), with two changes:
 
 * the key is :data:`FINE_KEY_SIZE` x :data:`FINE_KEY_SIZE` pixels of colour in
   a :data:`FINE_FRAME`-pixel white frame: one feature pixel of
-  :class:`~esa_tutorial.context_task.ContextNet`'s half-resolution map,
+  :class:`~esa_tutorial.book.context_task.ContextNet`'s half-resolution map,
   where a 5x5 pyramid cell covers about 40;
 * the background is strewn with decoys on a jittered lattice: unframed dots
   of the discs' colours and empty white frames. Every part of the key appears
@@ -43,7 +43,7 @@ def fine_key_sample(seed: int, index: int, size: int = 64) -> ContextSample:
     """Sample ``index`` of the fine-key task, determined by ``(seed, index)`` alone.
 
     The discs, their colours, the target and the corner key are drawn as by
-    :func:`~esa_tutorial.context_task.context_sample` with a 2x2 key; the
+    :func:`~esa_tutorial.book.context_task.context_sample` with a 2x2 key; the
     lattice of keys and decoys comes from a generator of its own.
 
     On the lattice: ``N_KEYS - 1`` more keys, unframed dots and empty frames,

@@ -10,7 +10,7 @@ outside). It has no network (its own network namespace, so no abstract Unix
 sockets either) and its own PID namespace, so it can neither see nor signal
 the grader or other submissions.
 
-Three modes (:data:`Mode`), chosen by the grader's probe:
+Three modes (``Mode``), chosen by the grader's probe:
 
 * ``"nobody"``: the grader is root; bubblewrap starts as root, builds the
   file system, and ``setpriv`` drops to ``nobody`` without capabilities before
@@ -24,7 +24,7 @@ Three modes (:data:`Mode`), chosen by the grader's probe:
 
 The grader never reads a pipe of the sandbox: its output goes to a file, and
 the sandbox is killed as a whole when the wall-time limit is reached or
-:func:`stop_all` is called.
+``stop_all()`` is called.
 """
 
 from __future__ import annotations
