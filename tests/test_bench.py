@@ -202,6 +202,10 @@ def test_shipped_results_load_and_describe():
     assert results.describe(run).startswith("cpu (")
     assert "GEMM1 (scores)" in results.describe_breakdown(run)
     assert "batch 16 at 224x224" in results.describe_ldnet_step(run)
+    # the shipped stand-in run (from before --model) is labelled as what it timed
+    assert "of the paper-sized stand-in (small encoder)" in results.describe_ldnet_step(results.load("cpu"))
+    full = results.describe_ldnet_step(results.load("cpu-full"))
+    assert "of the full network (Res2Net-50)" in full and "batch 16 at 224x224" in full
     with pytest.raises(FileNotFoundError, match="no shipped benchmark result 'tpu'"):
         results.load("tpu")
 

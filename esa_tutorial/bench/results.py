@@ -56,9 +56,9 @@ def describe_ldnet_step(run: dict) -> str:
     s = step["seconds"]
     load = step.get("machine", {}).get("load_average_1_5_15")
     separate = f" (a separate run, load average {load[0]:.1f})" if load else ""
-    # Runs from before --model have no "model" and timed the paper-sized stand-in; their text stays as it was.
-    network = {"full": " of the full network (Res2Net-50)", "paper-sized": " of the paper-sized stand-in"}.get(
-        step.get("model", ""), "")
+    # Runs from before --model have no "model": they timed the paper-sized stand-in, the only network then.
+    network = {"full": " of the full network (Res2Net-50)",
+               "paper-sized": " of the paper-sized stand-in (small encoder)"}[step.get("model", "paper-sized")]
     return (f"LDNet training step{network}{separate}, batch {step['batch']} at {step['size']}x{step['size']}: "
             f"literal ESA {s['reference']:.2f} s, folded ESA {s['folded']:.2f} s "
             f"({s['reference'] / s['folded']:.2f}x); the folded ESA layers take about "
