@@ -50,13 +50,12 @@ import pickle
 import stat
 import zipfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 
-from .files import atomic_write_bytes
+from .files import PathLike, atomic_write_bytes
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 MAGIC = b"ESA-TUTORIAL-CHECKPOINT 1\n"
 FORMAT_VERSION = 1

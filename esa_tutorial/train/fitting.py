@@ -75,12 +75,17 @@ def all_finite(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     return torch.isfinite(torch.stack(sums)).all()
 
 
+def _first_non_finite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """Name of the first tensor holding NaN or inf (one host sync per tensor: for the failure path only)."""
+    return next((n for n, t in named if not bool(torch.isfinite(t).all())), None)
+
+
 def non_finite_weight(model: nn.Module) -> str | None:
     """Name of the first parameter or buffer holding NaN or inf, or ``None`` (one host sync)."""
     tensors = weight_tensors(model)
     if bool(all_finite(t for _, t in tensors)):
         return None
-    return next((n for n, t in tensors if not bool(torch.isfinite(t).all())), None)
+    return _first_non_finite(tensors)
 
 
 def autocast_context(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager[Any]:
@@ -188,7 +193,7 @@ def fit(
         if not loss_ok and not scaling:  # the cause first: a weight turns NaN after a NaN loss
             raise diverged(f"the loss is {float(loss)}", step, lr)
         if not weights_ok:
-            name = next((n for n, t in weight_tensors(model) if not bool(torch.isfinite(t).all())), None)
+            name = _first_non_finite(weight_tensors(model))
             if name is not None:
                 raise diverged(f"weight {name!r} holds NaN or inf after the update", step, lr)
         if not loss_ok:

@@ -32,7 +32,7 @@ from ..metrics import segmentation_scores
 from ..runtime import resolve_device
 from .config import TrainConfig, check_batch_norm_batch
 from .distributed import EpochBatches, World, init_process_group, sync_batch_norm, world_from_env
-from .fitting import FitLog, TrainingDiverged, fit
+from .fitting import FitLog, TrainingDiverged, fit, to_device
 from .losses import deep_supervision_loss
 from .schedule import poly_schedule
 
@@ -161,7 +161,7 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torc
     totals: dict[str, float] = {}
     count = 0
     for images, masks in loader:
-        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        images, masks = to_device(images, device), to_device(masks, device)
         outputs = model(images)
         scores = segmentation_scores(torch.sigmoid(outputs[0].float()), masks)
         scores["loss"] = float(deep_supervision_loss(outputs, masks, resize=targets))
@@ -366,8 +366,8 @@ def run_experiment(config: TrainConfig, log: Callable[[str], None] | None = None
     ckpt_dir = check_checkpoint_dir(config.checkpoint_dir) if config.checkpoint_dir else None
     if config.resume and ckpt_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
-    if not world.main:
-        ckpt_dir, log = (ckpt_dir if config.resume else None), None  # rank 0 writes; all read to resume
+    write_dir = ckpt_dir if world.main else None  # every process reads to resume; rank 0 alone writes and logs
+    log = log if world.main else None
     model = build_model(config, device)
     net: nn.Module = model
     if world.size > 1:
@@ -384,8 +384,6 @@ def run_experiment(config: TrainConfig, log: Callable[[str], None] | None = None
                        torch.amp.GradScaler(device.type, enabled=config.amp == "fp16"), net=net)
     if config.resume:
         resume(state, config, ckpt_dir)  # type: ignore[arg-type]
-    if not world.main:
-        ckpt_dir = None
     if state.best_state is None:
         state.best_state = copy.deepcopy(model.state_dict())
 
@@ -407,10 +405,10 @@ def run_experiment(config: TrainConfig, log: Callable[[str], None] | None = None
                 state.best_epoch, state.best = state.epoch + 1, scores
                 state.best_state = copy.deepcopy(model.state_dict())
             state.epoch += 1
-            if ckpt_dir:
+            if write_dir:
                 if state.best_epoch == state.epoch:
-                    save_best(state, config, ckpt_dir)
-                save_last(state, config, ckpt_dir)
+                    save_best(state, config, write_dir)
+                save_last(state, config, write_dir)
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_dice=f"{scores['dice']:.3f}")
             if log:
                 log(f"epoch {state.epoch}/{config.epochs} loss={row['train_loss']:.3f} "
