@@ -26,7 +26,7 @@ from ..book.plotting import plot_times
 from ..files import write_json
 from ..runtime import resolve_device
 from ..train.fitting import AMP_TORCH_DTYPES
-from .against_ldnet import LDNET_FILES, forward_side_by_side
+from .against_ldnet import check_clone, forward_side_by_side
 from .results import describe_against_ldnet, describe_ldnet_step
 from . import (
     DTYPES, LDNET_MODELS, LDNET_SHAPES, QUICK_SHAPES, VARIANTS, Record, esa_share_of_step, format_speedup_table,
@@ -127,10 +127,10 @@ def main(argv: Sequence[str] | None = None) -> list[Record]:
         parser.error(f"--amp {args.amp} (mixed precision) needs a CUDA device, got {device.type}")
     _check_out(parser, args.out)
     if args.against_ldnet is not None:
-        missing = [f for f in LDNET_FILES if not (args.against_ldnet / f).is_file()]
-        if missing:
-            parser.error(f"--against-ldnet {str(args.against_ldnet)!r} is not a clone of "
-                         f"github.com/ReaFly/LDNet: it has no {', '.join(missing)}")
+        try:
+            check_clone(args.against_ldnet)
+        except FileNotFoundError as err:
+            parser.error(f"--against-ldnet: {err}")
         side = forward_side_by_side(args.against_ldnet, args.ldnet_size, 1, device,
                                     rounds=args.repeats or 5, min_run_time=args.min_run_time or 0.5)
         run = dict(machine=machine(), device=str(device), **asdict(side))

@@ -44,6 +44,16 @@ def _models_modules() -> dict[str, types.ModuleType]:
     return {k: m for k, m in sys.modules.items() if k == "models" or k.startswith("models.")}
 
 
+def check_clone(checkout: PathLike) -> Path:
+    """``checkout`` as a ``Path`` if it holds the files of LDNet's network, else ``FileNotFoundError`` naming them."""
+    root = Path(checkout)
+    missing = [name for name in LDNET_FILES if not (root / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{str(root)!r} is not a clone of github.com/ReaFly/LDNet: it has no "
+                                f"{', '.join(missing)}")
+    return root
+
+
 def load_ldnet_network(checkout: PathLike) -> nn.Module:
     """``LDNet()`` built by LDNet's own code in the clone ``checkout``, with random weights.
 
@@ -51,11 +61,7 @@ def load_ldnet_network(checkout: PathLike) -> nn.Module:
     does. Raises ``FileNotFoundError`` naming the files a clone must hold. Any
     module named ``models`` imported before is put back afterwards.
     """
-    root = Path(checkout)
-    missing = [name for name in LDNET_FILES if not (root / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{str(root)!r} is not a clone of github.com/ReaFly/LDNet: it has no "
-                                f"{', '.join(missing)}")
+    root = check_clone(checkout)
     before = _models_modules()
     for name in before:
         del sys.modules[name]
