@@ -1,6 +1,6 @@
 """The book's trained models: fixed-seed CPU runs, their histories and small checkpoints.
 
-Three suites, each a grid of variants x seeds trained under one protocol:
+Four suites, each a grid of variants x seeds trained under one protocol:
 
 ``context``
     :class:`~esa_tutorial.book.context_task.ContextNet` on the key-matching task of
@@ -9,6 +9,11 @@ Three suites, each a grid of variants x seeds trained under one protocol:
 ``fine-key``
     The same network and variants on :mod:`esa_tutorial.book.fine_key_task` (48x48):
     a key smaller than a pyramid cell among look-alike decoys.
+``far-pixel``
+    :class:`~esa_tutorial.book.far_pixel_task.FarPixelNet` on
+    :mod:`esa_tutorial.book.far_pixel_task` (24x24): every pixel compares its bit with
+    that of one marker pixel anywhere. ESA and full MHSA on linear features, and ESA
+    on convolutional features (the control).
 ``ablation``
     :class:`~esa_tutorial.nn.ldnet.LDNet` (width 16) on 64x64 synthetic polyps:
     no attention, ESA, full MHSA, ESA + LCA (chapter 7).
@@ -20,7 +25,7 @@ same number of steps and the same optimiser (AdamW with a poly schedule). Cost
 is measured in the same run: parameters, bytes autograd keeps for one
 training batch, and the median wall time of a step.
 
-``python -m esa_tutorial.experiments context``, ``... fine-key`` and ``... ablation``
+``python -m esa_tutorial.experiments context``, ``... fine-key``, ``... far-pixel`` and ``... ablation``
 reproduce everything the book loads from :data:`PRETRAINED`. The stored runs took about
 60, 107 and 38 minutes of training steps (context, fine-key, ablation) on one
 thread each, on a busy shared 2-core machine (each run's time is in its history; suites can run in parallel
@@ -50,6 +55,7 @@ from torch import nn
 from ..book.context_task import ContextDiscs, ContextNet
 from ..data import SyntheticPolyps
 from ..book.fine_key_task import FineKeyDiscs
+from ..book.far_pixel_task import FarPixelBits, FarPixelNet
 from ..files import save_tensors, write_json
 from ..nn.ldnet import LDNet
 from ..metrics import segmentation_scores
@@ -59,11 +65,12 @@ from ..train import (
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained"
 MANIFEST = "manifest.json"
-Task = Literal["context", "fine-key", "polyps"]
+Task = Literal["context", "fine-key", "far-pixel", "polyps"]
 
-# The checkpoints the book loads (seed 0): every context model, and LDNet with ESA
-# (2.4 MB; the other ablation models would add 7 MB for figures no chapter draws).
-CHECKPOINTED = {"context": None, "fine-key": (), "ablation": ("ESA",)}
+# The checkpoints the book loads (seed 0): every context and far-pixel model (the latter
+# 16 kB each), and LDNet with ESA (2.4 MB; the other ablation models would add 7 MB for
+# figures no chapter draws).
+CHECKPOINTED = {"context": None, "fine-key": (), "far-pixel": None, "ablation": ("ESA",)}
 
 CONTEXT_VARIANTS: dict[str, dict[str, Any]] = {
     "no attention": dict(attention="none"),
@@ -72,6 +79,13 @@ CONTEXT_VARIANTS: dict[str, dict[str, Any]] = {
     # ESA with a pyramid of one cell: one key, so its softmax weight is 1 and the block
     # broadcasts a learned global average to every pixel (what LCA does; PSP/SE-like).
     "global token": dict(attention="esa", pooling_sizes=(1,)),
+}
+FAR_PIXEL_VARIANTS: dict[str, dict[str, Any]] = {
+    # Linear features into the attention: ESA sees the marker's bit only inside cell averages.
+    "ESA": dict(attention="esa"),
+    "full MHSA": dict(attention="mhsa"),
+    # The control: a non-linear encoder can isolate the marker's bit before the pooling.
+    "ESA, conv features": dict(attention="esa", encoder="conv"),
 }
 ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "no attention": dict(attention="none", use_lca=False),
@@ -118,6 +132,12 @@ def fine_key_spec(variant: str, seed: int = 0, **overrides: Any) -> RunSpec:
     return RunSpec("fine-key", variant, dict(CONTEXT_VARIANTS[variant]), seed, **{"size": 48, **overrides})
 
 
+def far_pixel_spec(variant: str, seed: int = 0, **overrides: Any) -> RunSpec:
+    """The far-pixel suite (:mod:`esa_tutorial.book.far_pixel_task`): 24x24 maps, AdamW, the context protocol's batches."""
+    base: dict[str, Any] = dict(size=24, steps=800, n_train=1024, n_val=256, eval_every=50)
+    return RunSpec("far-pixel", variant, dict(FAR_PIXEL_VARIANTS[variant]), seed, **{**base, **overrides})
+
+
 def ablation_spec(variant: str, seed: int = 0, **overrides: Any) -> RunSpec:
     """The ablation suite's protocol: LDNet width 16 on 64x64 polyps, 240 AdamW steps of 16."""
     base: dict[str, Any] = dict(steps=240, lr=2e-3, n_train=640, n_val=96, eval_every=24)
@@ -126,6 +146,8 @@ def ablation_spec(variant: str, seed: int = 0, **overrides: Any) -> RunSpec:
 
 def build_model(spec: RunSpec) -> nn.Module:
     """The spec's model with its seed's initial weights."""
+    if spec.task == "far-pixel":
+        return FarPixelNet(seed=spec.seed, **spec.model)
     if spec.task != "polyps":
         return ContextNet(seed=spec.seed, **spec.model)
     return LDNet(seed=spec.seed, **spec.model)
@@ -137,7 +159,8 @@ def datasets(spec: RunSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, t
     The data are fixed (seed 0 for training, 1 for validation): seeds change the
     initial weights and the batch order, not the task.
     """
-    kind = {"context": ContextDiscs, "fine-key": FineKeyDiscs, "polyps": SyntheticPolyps}[spec.task]
+    kind = {"context": ContextDiscs, "fine-key": FineKeyDiscs, "far-pixel": FarPixelBits,
+            "polyps": SyntheticPolyps}[spec.task]
     out = []
     for n, seed in ((spec.n_train, 0), (spec.n_val, 1)):
         ds = kind(n, spec.size, seed)
@@ -266,10 +289,11 @@ def check_equal_start(specs: Sequence[RunSpec]) -> None:
     """Raise ``AssertionError`` unless the shared parts of the specs' models start identical.
 
     For LDNet the shared parts are :data:`~esa_tutorial.nn.ldnet.SHARED_PARTS`; for
-    ContextNet the stem, head and the block's feed-forward part.
+    ContextNet the stem, head and the block's feed-forward part; for FarPixelNet its
+    ``shared_state_dict`` (the attention and the MLP).
     """
     def shared(model: nn.Module) -> dict[str, torch.Tensor]:
-        if isinstance(model, LDNet):
+        if isinstance(model, (LDNet, FarPixelNet)):
             return model.shared_state_dict()
         return {k: v for k, v in model.state_dict().items() if k.split(".")[0] in ("stem", "head")
                 or k.startswith("block.ff.")}
@@ -374,7 +398,7 @@ def verified_path(name: str, folder: Path = PRETRAINED) -> Path:
 
 
 def load_history(suite: str, folder: Path = PRETRAINED) -> list[dict[str, Any]]:
-    """The stored runs of a suite (``"context"``, ``"fine-key"``, ``"ablation"``): a list of {spec, history, cost}."""
+    """The stored runs of a suite (``"context"``, ``"fine-key"``, ``"far-pixel"``, ``"ablation"``): a list of {spec, history, cost}."""
     return json.loads(verified_path(f"histories/{suite}.json", folder).read_text())
 
 
