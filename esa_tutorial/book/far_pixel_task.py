@@ -64,12 +64,15 @@ class FarPixelSample:
     """One drawn map and its label.
 
     ``bits`` int8 (size, size) in {-1, +1}; ``marker`` (row, col) of the
-    marker pixel; ``mask`` bool (size, size), ``bits == bits[marker]``.
+    marker pixel (the top-left pixel of the marked square when ``patch`` > 1);
+    ``mask`` bool (size, size), ``bits == bits[marker]``; ``patch`` the side of
+    the marked square, whose pixels all carry the marker's bit.
     """
 
     bits: np.ndarray
     marker: tuple[int, int]
     mask: np.ndarray
+    patch: int = 1
 
     @property
     def image(self) -> np.ndarray:
@@ -80,27 +83,36 @@ class FarPixelSample:
         same way from every pixel, whatever its bit.
         """
         marker = np.zeros(self.bits.shape, np.float32)
-        marker[self.marker] = 1.0
+        (r, c), k = self.marker, self.patch
+        marker[r : r + k, c : c + k] = 1.0
         return np.stack([(self.bits > 0).astype(np.float32), (self.bits < 0).astype(np.float32), marker])
 
 
-def far_pixel_sample(seed: int, index: int, size: int = SIZE) -> FarPixelSample:
-    """Draw sample ``index`` of the task, determined by ``(seed, index)`` alone."""
+def far_pixel_sample(seed: int, index: int, size: int = SIZE, patch: int = 1) -> FarPixelSample:
+    """Draw sample ``index`` of the task, determined by ``(seed, index)`` alone.
+
+    ``patch`` > 1 gives the size control: the marker is a ``patch`` x ``patch``
+    square, all of whose pixels carry the marker's bit (the same draws otherwise).
+    """
     check_seed(seed)
     check_positive_int("size", size)
+    if isinstance(patch, bool) or not isinstance(patch, int) or not 1 <= patch <= size:
+        raise ValueError(f"patch must be an integer from 1 to size={size}, got {patch!r}")
     rng = np.random.default_rng([seed, index, 9])
     bits = np.where(rng.random((size, size)) < 0.5, -1, 1).astype(np.int8)
-    marker = (int(rng.integers(size)), int(rng.integers(size)))
-    return FarPixelSample(bits, marker, bits == bits[marker])
+    r, c = int(rng.integers(size - patch + 1)), int(rng.integers(size - patch + 1))
+    bits[r : r + patch, c : c + patch] = bits[r, c]
+    return FarPixelSample(bits, (r, c), bits == bits[r, c], patch)
 
 
 class FarPixelBits(Dataset):
     """``n`` samples of the task: ``ds[i]`` = (input (3, S, S), mask (1, S, S)), float32."""
 
-    def __init__(self, n: int, size: int = SIZE, seed: int = 0) -> None:
+    def __init__(self, n: int, size: int = SIZE, seed: int = 0, patch: int = 1) -> None:
         self.n = check_positive_int("n", n)
         self.size = check_positive_int("size", size)
         self.seed = check_seed(seed)
+        self.patch = check_positive_int("patch", patch)
 
     def __len__(self) -> int:
         return self.n
@@ -109,14 +121,15 @@ class FarPixelBits(Dataset):
         """The full :class:`FarPixelSample` of item ``i`` (bits and marker position)."""
         if isinstance(i, bool) or not isinstance(i, int) or not -self.n <= i < self.n:
             raise IndexError(f"index {i!r} out of range for a dataset of {self.n} samples")
-        return far_pixel_sample(self.seed, i % self.n, self.size)
+        return far_pixel_sample(self.seed, i % self.n, self.size, self.patch)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.sample(i)
         return torch.from_numpy(s.image), torch.from_numpy(s.mask[None].astype(np.float32))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(n={self.n}, size={self.size}, seed={self.seed})"
+        patch = f", patch={self.patch}" if self.patch != 1 else ""
+        return f"{type(self).__name__}(n={self.n}, size={self.size}, seed={self.seed}{patch})"
 
 
 class FarPixelNet(nn.Module):

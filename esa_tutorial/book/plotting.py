@@ -507,7 +507,7 @@ def show_pyramid(
 
 COLOURS = {
     "no attention": "tab:gray", "ESA": "tab:blue", "full MHSA": "tab:red", "ESA + LCA": "tab:green",
-    "global token": "tab:orange", "ESA, conv features": "tab:purple",
+    "global token": "tab:orange", "conv + ESA": "tab:purple",
 }
 
 

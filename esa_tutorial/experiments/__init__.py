@@ -12,8 +12,9 @@ Four suites, each a grid of variants x seeds trained under one protocol:
 ``far-pixel``
     :class:`~esa_tutorial.book.far_pixel_task.FarPixelNet` on
     :mod:`esa_tutorial.book.far_pixel_task` (24x24): every pixel compares its bit with
-    that of one marker pixel anywhere. ESA and full MHSA on linear features, and ESA
-    on convolutional features (the control).
+    that of one marker pixel anywhere. ESA and full MHSA on linear features, and two
+    controls: ESA when the marker is a 6x6 square (task ``far-patch``), and ESA behind
+    a convolutional encoder.
 ``ablation``
     :class:`~esa_tutorial.nn.ldnet.LDNet` (width 16) on 64x64 synthetic polyps:
     no attention, ESA, full MHSA, ESA + LCA (chapter 7).
@@ -27,7 +28,7 @@ training batch, and the median wall time of a step.
 
 ``python -m esa_tutorial.experiments context``, ``... fine-key``, ``... far-pixel`` and ``... ablation``
 reproduce everything the book loads from :data:`PRETRAINED`. The stored runs took about
-60, 107 and 38 minutes of training steps (context, fine-key, ablation) on one
+60, 107, 15 and 38 minutes of training steps (context, fine-key, far-pixel, ablation) on one
 thread each, on a busy shared 2-core machine (each run's time is in its history; suites can run in parallel
 processes with ``--seeds``/``--variants`` and the same ``--out``, results are
 merged by run name). The files (about 3 MB) are committed as package data
@@ -65,7 +66,8 @@ from ..train import (
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained"
 MANIFEST = "manifest.json"
-Task = Literal["context", "fine-key", "far-pixel", "polyps"]
+Task = Literal["context", "fine-key", "far-pixel", "far-patch", "polyps"]
+FAR_PATCH = 6  # side of the marked square in the far-patch control: about one 5x5 cell of a 24x24 map
 
 # The checkpoints the book loads (seed 0): every context and far-pixel model (the latter
 # 16 kB each), and LDNet with ESA (2.4 MB; the other ablation models would add 7 MB for
@@ -84,9 +86,12 @@ FAR_PIXEL_VARIANTS: dict[str, dict[str, Any]] = {
     # Linear features into the attention: ESA sees the marker's bit only inside cell averages.
     "ESA": dict(attention="esa"),
     "full MHSA": dict(attention="mhsa"),
-    # The control: a non-linear encoder can isolate the marker's bit before the pooling.
-    "ESA, conv features": dict(attention="esa", encoder="conv"),
+    # Control of size: the marker is a FAR_PATCH x FAR_PATCH square, about one cell (task "far-patch").
+    "ESA 6x6 marker": dict(attention="esa"),
+    # Control of features: a non-linear encoder can isolate the marker's bit before the pooling.
+    "conv + ESA": dict(attention="esa", encoder="conv"),
 }
+FAR_PATCH_VARIANTS = ("ESA 6x6 marker",)
 ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "no attention": dict(attention="none", use_lca=False),
     "ESA": dict(attention="esa", use_lca=False),
@@ -135,7 +140,8 @@ def fine_key_spec(variant: str, seed: int = 0, **overrides: Any) -> RunSpec:
 def far_pixel_spec(variant: str, seed: int = 0, **overrides: Any) -> RunSpec:
     """The far-pixel suite (:mod:`esa_tutorial.book.far_pixel_task`): 24x24 maps, AdamW, the context protocol's batches."""
     base: dict[str, Any] = dict(size=24, steps=800, n_train=1024, n_val=256, eval_every=50)
-    return RunSpec("far-pixel", variant, dict(FAR_PIXEL_VARIANTS[variant]), seed, **{**base, **overrides})
+    task = "far-patch" if variant in FAR_PATCH_VARIANTS else "far-pixel"
+    return RunSpec(task, variant, dict(FAR_PIXEL_VARIANTS[variant]), seed, **{**base, **overrides})
 
 
 def ablation_spec(variant: str, seed: int = 0, **overrides: Any) -> RunSpec:
@@ -146,7 +152,7 @@ def ablation_spec(variant: str, seed: int = 0, **overrides: Any) -> RunSpec:
 
 def build_model(spec: RunSpec) -> nn.Module:
     """The spec's model with its seed's initial weights."""
-    if spec.task == "far-pixel":
+    if spec.task in ("far-pixel", "far-patch"):
         return FarPixelNet(seed=spec.seed, **spec.model)
     if spec.task != "polyps":
         return ContextNet(seed=spec.seed, **spec.model)
@@ -160,7 +166,7 @@ def datasets(spec: RunSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, t
     initial weights and the batch order, not the task.
     """
     kind = {"context": ContextDiscs, "fine-key": FineKeyDiscs, "far-pixel": FarPixelBits,
-            "polyps": SyntheticPolyps}[spec.task]
+            "far-patch": functools.partial(FarPixelBits, patch=FAR_PATCH), "polyps": SyntheticPolyps}[spec.task]
     out = []
     for n, seed in ((spec.n_train, 0), (spec.n_val, 1)):
         ds = kind(n, spec.size, seed)
@@ -323,9 +329,12 @@ def run_suite(
     for seed in sorted({s.seed for s in specs}):
         group = [s for s in specs if s.seed == seed]
         check_equal_start(group)
-        data = datasets(group[0])
+        data: dict[tuple[Any, ...], tuple[torch.Tensor, ...]] = {}  # a suite may hold a control on other data
         for spec in group:
-            result = train_run(spec, data=data, log=log)
+            key = (spec.task, spec.size, spec.n_train, spec.n_val)
+            if key not in data:
+                data[key] = datasets(spec)
+            result = train_run(spec, data=data[key], log=log)
             results.append(result)
             if out is not None:
                 write_results(results, out, suite)
