@@ -507,7 +507,7 @@ def show_pyramid(
 
 COLOURS = {
     "no attention": "tab:gray", "ESA": "tab:blue", "full MHSA": "tab:red", "ESA + LCA": "tab:green",
-    "global token": "tab:orange", "conv + ESA": "tab:purple",
+    "global token": "tab:orange", "conv + ESA": "tab:purple", "ESA 6x6 marker": "tab:cyan",
 }
 
 
