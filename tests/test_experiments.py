@@ -16,6 +16,7 @@ from esa_tutorial.experiments import (
     PRETRAINED,
     build_model,
     context_spec,
+    far_pixel_spec,
     load_history,
     load_model,
     model_cost,
@@ -160,3 +161,17 @@ def test_cli_refuses_a_file_as_output_folder(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["context", "--out", str(out)])
     assert "--out must be a folder" in capsys.readouterr().err
+
+
+def test_far_pixel_suite_trains_each_variant_on_its_own_task(tmp_path) -> None:
+    # One seed group holds two tasks (the 6x6-marker control has its own data): each run must get its own.
+    assert main(["far-pixel", "--seeds", "0", "--steps", "2", "--variants", "ESA", "ESA 6x6 marker",
+                 "--out", str(tmp_path)]) == 0
+    runs = {r["spec"]["variant"]: r for r in json.loads((tmp_path / "histories" / "far-pixel.json").read_text())}
+    assert {v: r["spec"]["task"] for v, r in runs.items()} == {"ESA": "far-pixel", "ESA 6x6 marker": "far-patch"}
+    assert (tmp_path / "far-patch-esa-6x6-marker-seed0.pt").is_file()
+    markers = {v: first_batch(far_pixel_spec(v))[:, 2].sum((-2, -1)) for v in runs}
+    assert markers["ESA"].eq(1).all() and markers["ESA 6x6 marker"].eq(36).all()
+    for variant, run in runs.items():
+        alone = train_run(far_pixel_spec(variant, steps=2))
+        assert alone.history["loss"] == run["history"]["loss"], variant

@@ -106,3 +106,18 @@ def test_marker_cells_are_the_cells_that_hold_the_marker() -> None:
     assert [s for s, *_ in cells] == [1, 3, 5, 5]
     for _, rows, cols in cells:
         assert rows.start <= 4 < rows.stop and cols.start <= 0 < cols.stop
+
+
+def test_a_patch_marker_is_a_square_of_the_markers_bit() -> None:
+    one, square = far_pixel_sample(2, 5), far_pixel_sample(2, 5, patch=6)
+    r, c = square.marker
+    assert square.image[2].sum() == 36 and (square.image[2, r : r + 6, c : c + 6] == 1).all()
+    assert (square.bits[r : r + 6, c : c + 6] == square.bits[r, c]).all()
+    assert np.array_equal(square.mask, square.bits == square.bits[r, c])
+    # Outside the square the draws are the one-pixel task's: the same random bits.
+    outside = square.image[2] == 0
+    assert np.array_equal(square.bits[outside], far_pixel_sample(2, 5, patch=1).bits[outside])
+    assert np.array_equal(one.bits, far_pixel_sample(2, 5, patch=1).bits) and one.patch == 1
+    assert repr(FarPixelBits(4, patch=6)) == "FarPixelBits(n=4, size=24, seed=0, patch=6)"
+    with pytest.raises(ValueError, match="patch must be an integer from 1 to size=24, got 25"):
+        far_pixel_sample(0, 0, patch=25)

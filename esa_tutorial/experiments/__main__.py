@@ -5,7 +5,7 @@
     python -m esa_tutorial.experiments context         # ContextNet, 4 variants x 3 seeds
     python -m esa_tutorial.experiments ablation        # LDNet on polyps, 4 variants x 3 seeds
     python -m esa_tutorial.experiments fine-key        # a key smaller than a cell, 4 variants x 3 seeds
-    python -m esa_tutorial.experiments far-pixel       # what ESA loses, 3 variants x 3 seeds
+    python -m esa_tutorial.experiments far-pixel       # what ESA loses, 4 variants x 3 seeds
     python -m esa_tutorial.experiments costs ablation --out FOLDER   # re-measure stored costs
     python -m esa_tutorial.experiments context --seeds 0 --steps 100 --out /tmp/try
     python -m esa_tutorial.experiments manifest --out FOLDER   # SHA-256 of each file
@@ -17,8 +17,8 @@ Suites::
     fine-key  the same network and variants on keys smaller than a pyramid cell
               ("What ESA learns", what ESA loses with learned features)
     far-pixel one far marker pixel whose bit every pixel must compare with its own: ESA
-              and full MHSA on linear features, and ESA on convolutional features
-              ("What ESA learns", what ESA loses)
+              and full MHSA on linear features; controls: ESA with a 6x6 marker, ESA
+              on convolutional features ("What ESA learns", what ESA loses)
     ablation  the small LDNet on synthetic polyps of "Ablation": no attention, ESA,
               full MHSA, ESA + LCA
     manifest  train nothing; write the SHA-256 of every file in --out to its manifest
