@@ -40,6 +40,7 @@ sample ``i`` depends only on ``(seed, i)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import comb
 from typing import Literal, Sequence, get_args
 
 import numpy as np
@@ -76,7 +77,7 @@ class FarPixelSample:
 
     @property
     def image(self) -> np.ndarray:
-        """The network's input, float32 (3, size, size): ``b_p == +1``, ``b_p == -1``, the marker.
+        """The network's input, float32 of shape (3, size, size), channels ``b_p == +1``, ``b_p == -1`` and the marker.
 
         Two one-hot channels rather than one signed bit: their sum is 1 at every pixel, so a
         linear map of the input has a constant part, and a query can ask for the marker the
@@ -213,8 +214,6 @@ def cell_vote(n: int) -> float:
     reader of that one average can do to recover ``b_m``. Exact, from the binomial.
     """
     check_positive_int("n", n)
-    from math import comb
-
     others = n - 1
     # The other bits sum to 2k - others for k of them at +1; b_m = +1 wins when 1 + 2k - others > 0.
     p = sum(comb(others, k) for k in range(others + 1) if 1 + 2 * k - others > 0)
