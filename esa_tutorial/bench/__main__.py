@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--breakdown", action="store_true",
                         help="time the parts of the folded forward at the first shape")
     parser.add_argument("--ldnet-step", action="store_true",
-                        help="time a paper-sized LDNet training step, folded vs literal ESA")
+                        help="time an LDNet training step (the network: --model), literal vs folded ESA; "
+                             "on CUDA also its peak memory")
     parser.add_argument("--model", choices=LDNET_MODELS, default="paper-sized",
                         help="--ldnet-step's network: paper-sized (small encoder) or full (Res2Net-50, 33.4 M)")
     parser.add_argument("--ldnet-batch", type=_positive_int, default=16)
