@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
 from esa_tutorial import ESA, num_tokens  # noqa: E402
+from esa_tutorial.book.plotting import text_record  # noqa: E402
+from esa_tutorial.files import save_figure  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "book" / "figures"
 COLORS = {"in": "#dbe9f6", "attn": "#f6d7c3", "pool": "#d8f0d2", "head": "#eadcf4", "plain": "#f2f2f2"}
@@ -62,10 +64,15 @@ def esa_module_figure() -> plt.Figure:
     return fig
 
 
+def save(fig: plt.Figure, name: str, dpi: float) -> None:
+    """Into book/figures, recording the smallest text for the book's browser test."""
+    save_figure(fig, OUT / name, dpi=dpi, bbox_inches="tight", metadata=text_record(fig, dpi))
+    plt.close(fig)
+
+
 def esa_module() -> None:
     fig = esa_module_figure()
-    fig.savefig(OUT / "esa_module.png", dpi=150, bbox_inches="tight")
-    plt.close(fig)
+    save(fig, "esa_module.png", 150)
 
 
 def paper_shapes(size: int = 224) -> dict[str, tuple[int, ...]]:
@@ -163,8 +170,7 @@ def ldnet_overview() -> None:
             ha="left", fontsize=8)
     ax.set_title("LDNet: ESA on the encoder skips, LCA in the decoder, a per-image kernel "
                  "refined at every stage", fontsize=10)
-    fig.savefig(OUT / "ldnet_overview.png", dpi=150, bbox_inches="tight")
-    plt.close(fig)
+    save(fig, "ldnet_overview.png", 150)
 
 
 if __name__ == "__main__":

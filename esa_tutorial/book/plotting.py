@@ -22,6 +22,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from ..bench import BREAKDOWN_PARTS, MODES, Record
 from ..experiments import curves
@@ -30,6 +32,28 @@ from ..validation import check_pooling_sizes
 from .attention_maps import effective_pixel_weights, token_grids
 from ..nn.ppm import adaptive_bins
 
+
+
+# The PNG text chunk in which a saved figure records its smallest text, in pixels of that
+# PNG, so that the book's browser test can tell how large it is as shown
+# (tests/browser/test_layout.py).
+TEXT_RECORD = "esa-tutorial:smallest-text-px"
+
+
+def smallest_text(fig: Figure) -> tuple[float, str]:
+    """The smallest visible text of ``fig``: (its size in points, the text)."""
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    if not texts:
+        raise ValueError("the figure has no visible text to measure")
+    t = min(texts, key=lambda t: t.get_fontsize())
+    return float(t.get_fontsize()), t.get_text()
+
+
+def text_record(fig: Figure, dpi: float) -> dict[str, str]:
+    """PNG metadata for ``fig.savefig(..., dpi=dpi, metadata=...)``: its smallest text in
+    pixels of that PNG, :data:`TEXT_RECORD`."""
+    size, _ = smallest_text(fig)
+    return {TEXT_RECORD: f"{size * dpi / 72:.2f}"}
 
 
 def _np(a: np.ndarray | torch.Tensor) -> np.ndarray:
