@@ -19,10 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.text import Text  # noqa: E402
 
 from esa_tutorial.book import plotting  # noqa: E402
-from esa_tutorial.book.plotting import show_pyramid  # noqa: E402
+from esa_tutorial.book.plotting import show_pyramid, smallest_text  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import draw_figures  # noqa: E402
@@ -30,18 +29,17 @@ import draw_figures  # noqa: E402
 COLUMN_PX = 750
 BODY_PX = 16
 NOTEBOOK_DPI = 100  # the stored notebook figures: 100 px per inch (matplotlib-inline)
-DIAGRAM_DPI = 150  # tools/draw_figures.py
+PHONE_FIGURE_PX = 327  # a figure's width in the column of a 390 px phone (book's browser test)
 
 
-def smallest_text_px(fig: plt.Figure, dpi: float) -> tuple[float, str]:
-    """The smallest text of ``fig`` as a reader sees it in the column, and that text."""
+def smallest_text_px(fig: plt.Figure, dpi: float, column_px: float = COLUMN_PX) -> tuple[float, str]:
+    """The smallest text of ``fig`` as a reader sees it in a column ``column_px`` wide, and that text."""
     fig.set_dpi(dpi)
     fig.canvas.draw()
     width_px = fig.get_tightbbox(fig.canvas.get_renderer()).width * dpi
-    scale = min(1.0, COLUMN_PX / width_px)
-    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
-    smallest = min(texts, key=lambda t: t.get_fontsize())
-    return smallest.get_fontsize() * dpi / 72 * scale, smallest.get_text()
+    scale = min(1.0, column_px / width_px)
+    size, text = smallest_text(fig)
+    return size * dpi / 72 * scale, text
 
 
 def _last_figure() -> plt.Figure:
@@ -78,9 +76,26 @@ def test_chapter_8_pyramid_grids_are_legible():
     assert px >= 0.7 * BODY_PX, f"{text!r} is shown at {px:.1f} px"
 
 
-def test_home_page_figure_1_is_legible():
-    px, text = smallest_text_px(draw_figures.esa_module_figure(), DIAGRAM_DPI)
-    assert px >= 0.7 * BODY_PX, f"{text!r} is shown at {px:.1f} px"
+@pytest.mark.parametrize("draw", [draw_figures.esa_module_figure, draw_figures.ldnet_overview_figure],
+                         ids=["fig1_esa_module", "fig2_ldnet_overview"])
+def test_the_book_diagrams_are_legible_on_a_phone(draw):
+    """Shrunk to a phone's column, Figs. 1 and 2 still show every label at 70% of the body
+    text (and larger in a desktop column), and no label runs out of its box."""
+    fig = draw()
+    assert draw_figures.labels_fit(fig) == []
+    for column in (PHONE_FIGURE_PX, COLUMN_PX):
+        px, text = smallest_text_px(fig, draw_figures.DPI, column)
+        assert px >= 0.7 * BODY_PX, f"{text!r} is shown at {px:.1f} px in a {column} px column"
+    width_in = fig.get_tightbbox().width
+    assert width_in <= draw_figures.MAX_WIDTH_IN
+
+
+def test_the_measure_fails_the_old_ldnet_diagram_on_a_phone():
+    """The old Fig. 2: 13.5 in wide with 7 pt labels, at 2.8 px in a phone's column."""
+    fig, ax = plt.subplots(figsize=(13.5, 7.6))
+    ax.text(0.5, 0.5, "head updater", fontsize=7)
+    px, _ = smallest_text_px(fig, 150, PHONE_FIGURE_PX)
+    assert px < 0.7 * BODY_PX
 
 
 @pytest.mark.parametrize("weight,label", [(0.0, ".00"), (0.05, ".05"), (0.983, ".98"),
