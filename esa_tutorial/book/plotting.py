@@ -93,16 +93,27 @@ def show_image(ax: Axes, image: np.ndarray | torch.Tensor, mask: np.ndarray | to
     ax.axis("off")
 
 
+def _panel_grid(n: int, width: float, height: float, cols: int = 2) -> list[Axes]:
+    """``n`` panels of ``width`` x ``height`` inches, ``cols`` a row; unused places blank."""
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return list(axes.flat[:n])
+
+
 def show_pooled_grids(image: np.ndarray, mask: np.ndarray, pooled: Mapping[int, np.ndarray]) -> None:
-    """The image next to each pooled grid blown up to the image size, the mask outlined on all.
+    """The image and each pooled grid blown up to the image size, two a row, the mask outlined on all.
 
     ``pooled`` maps a grid size s to an (H, W, 3) image of flat s x s blocks.
     """
-    fig, axes = plt.subplots(1, 1 + len(pooled), figsize=(3.2 * (1 + len(pooled)), 3.4))
+    # Two panels a row: the figure keeps each panel's size and stays half as wide, so a
+    # phone shows it at the same size with half the sideways scrolling (book/_static/book.css).
+    axes = _panel_grid(1 + len(pooled), 3.2, 3.4)
     show_image(axes[0], image, mask, title=f"input {image.shape[0]}x{image.shape[1]}")
     for ax, (s, shown) in zip(axes[1:], pooled.items()):
         show_image(ax, shown, mask, title=f"{s}x{s} pooling: {s * s} token{'s' if s > 1 else ''}")
-    fig.tight_layout()
+    axes[0].figure.tight_layout()
 
 
 def show_grids(grids: Sequence[np.ndarray | torch.Tensor], titles: Sequence[str], *,
@@ -421,7 +432,8 @@ def show_mask_pooling(image: torch.Tensor, mask: np.ndarray, weights: torch.Tens
     ``image`` (3, H, W) with its exact ``mask`` (H, W) outlined; ``weights`` (H, W) in
     [0, 1]; ``colours`` maps a label to an RGB vector (3,), drawn one swatch per row.
     """
-    fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
+    axes = _panel_grid(4, 3.0, 3.2)  # two a row, as show_pooled_grids
+    fig = axes[0].figure
     show_image(axes[0], image, mask, title="frame, exact polyp outlined")
     axes[1].imshow(_np(weights), cmap="gray", vmin=0, vmax=1)
     axes[1].set_title(r"weights $m = \sigma(\ell)$", fontsize=9)
