@@ -9,6 +9,7 @@ shown at ``size * dpi / 72 * min(1, COLUMN_PX / width_px)`` px.
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -121,3 +122,27 @@ def test_chapter_10_attention_on_image_is_legible():
                                      ["e4 (14x14)", "e3 (28x28)", "e2 (56x56)", "e1 (112x112)"])
     px, text = smallest_text_px(_last_figure(), NOTEBOOK_DPI)
     assert px >= 0.7 * BODY_PX, f"{text!r} is shown at {px:.1f} px"
+
+
+def _png_text(data: bytes) -> dict[str, str]:
+    from io import BytesIO
+
+    from PIL import Image
+    with Image.open(BytesIO(data)) as png:
+        return dict(png.text)
+
+
+def test_a_helper_figure_records_its_smallest_text_in_the_png_a_notebook_shows():
+    """The PNG IPython makes of a helper's figure (as a notebook shows it, and as the book
+    then serves it) names its smallest text in that PNG's pixels, titles added later too."""
+    from IPython.core.pylabtools import print_figure
+
+    plotting.show_values((np.eye(3), "identity"), (np.ones((3, 2)), "ones"))
+    fig = _last_figure()
+    fig.axes[0].set_title("added by a chapter", fontsize=5)
+    png = print_figure(fig, "png", dpi=100)
+    assert _png_text(png)[plotting.TEXT_RECORD] == f"{5 * 100 / 72:.2f}"
+    saved = io.BytesIO()
+    fig.savefig(saved, format="png", dpi=200, metadata={"Title": "kept"})
+    text = _png_text(saved.getvalue())
+    assert (text[plotting.TEXT_RECORD], text["Title"]) == (f"{5 * 200 / 72:.2f}", "kept")
