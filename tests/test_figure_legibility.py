@@ -99,6 +99,62 @@ def test_the_measure_fails_the_old_ldnet_diagram_on_a_phone():
     assert px < 0.7 * BODY_PX
 
 
+def _png_text(data: bytes) -> dict[str, str]:
+    from io import BytesIO
+
+    from PIL import Image
+    with Image.open(BytesIO(data)) as png:
+        return dict(png.text)
+
+
+def test_a_helper_figure_records_its_smallest_text_in_the_png_a_notebook_shows():
+    """The PNG IPython makes of a helper's figure (as a notebook shows it, and as the book
+    then serves it) names its smallest text in that PNG's pixels, titles added later too."""
+    from IPython.core.pylabtools import print_figure
+
+    plotting.show_values((np.eye(3), "identity"), (np.ones((3, 2)), "ones"))
+    fig = _last_figure()
+    fig.axes[0].set_title("added by a chapter", fontsize=5)
+    png = print_figure(fig, "png", dpi=100)
+    assert _png_text(png)[plotting.TEXT_RECORD] == f"{5 * 100 / 72:.2f}"
+    saved = io.BytesIO()
+    fig.savefig(saved, format="png", dpi=200, metadata={"Title": "kept"})
+    text = _png_text(saved.getvalue())
+    assert (text[plotting.TEXT_RECORD], text["Title"]) == (f"{5 * 200 / 72:.2f}", "kept")
+
+
+def _runs() -> list[dict]:
+    history = {"eval_step": [10, 20], "val_dice": [0.5, 0.6]}
+    return [{"spec": {"variant": v, "seed": s}, "history": history}
+            for v in ("ESA", "no attention") for s in (0, 1)]
+
+
+WIDE_HELPERS = {  # helpers whose figure once ran past a desktop column with small text
+    "plot_cost": lambda: plotting.plot_cost(
+        [16, 1e4], {"MHSA": [1e6, 1e12], "ESA": [1e6, 1e9]}, {"MHSA": [1e-6, 1.0], "ESA": [1e-6, 1e-3]},
+        stage_n=[196, 784], stage_labels=["e4", "e3"], stage_flops=[1e8, 1e9],
+        stage_gib={"MHSA": [0.01, 0.1]}, crossover=100),
+    "show_grids": lambda: plotting.show_grids([np.random.rand(s, s) for s in (1, 3, 5)],
+                                              ["1x1", "3x3", "5x5"]),
+    "show_bins": lambda: plotting.show_bins((7, 3), (10, 4)),
+    "show_batch": lambda: plotting.show_batch(torch.rand(8, 3, 64, 64), torch.rand(8, 1, 64, 64)),
+    "show_samples": lambda: plotting.show_samples(torch.rand(5, 3, 64, 64), torch.rand(5, 1, 64, 64),
+                                                  [f"image {i}" for i in range(5)]),
+    "plot_curves": lambda: plotting.plot_curves(_runs(), ["ESA", "no attention"]),
+}
+
+
+@pytest.mark.parametrize("name", list(WIDE_HELPERS))
+def test_wide_helper_figures_are_legible_at_full_size_in_a_desktop_column(name):
+    """Legible in the narrowest desktop column, and no wider than it: shown at full size
+    there, and at that size on a phone too, scrolling (book/_static/book.css)."""
+    WIDE_HELPERS[name]()
+    fig = _last_figure()
+    px, text = smallest_text_px(fig, NOTEBOOK_DPI)
+    assert px >= 0.7 * BODY_PX, f"{text!r} is shown at {px:.1f} px"
+    assert fig.get_tightbbox().width * NOTEBOOK_DPI <= COLUMN_PX
+
+
 @pytest.mark.parametrize("weight,label", [(0.0, ".00"), (0.05, ".05"), (0.983, ".98"),
                                           (0.994, ".99"), (0.995, "1"), (1.0, "1")])
 def test_grid_weights_print_in_three_characters(weight, label):
@@ -123,26 +179,3 @@ def test_chapter_10_attention_on_image_is_legible():
     px, text = smallest_text_px(_last_figure(), NOTEBOOK_DPI)
     assert px >= 0.7 * BODY_PX, f"{text!r} is shown at {px:.1f} px"
 
-
-def _png_text(data: bytes) -> dict[str, str]:
-    from io import BytesIO
-
-    from PIL import Image
-    with Image.open(BytesIO(data)) as png:
-        return dict(png.text)
-
-
-def test_a_helper_figure_records_its_smallest_text_in_the_png_a_notebook_shows():
-    """The PNG IPython makes of a helper's figure (as a notebook shows it, and as the book
-    then serves it) names its smallest text in that PNG's pixels, titles added later too."""
-    from IPython.core.pylabtools import print_figure
-
-    plotting.show_values((np.eye(3), "identity"), (np.ones((3, 2)), "ones"))
-    fig = _last_figure()
-    fig.axes[0].set_title("added by a chapter", fontsize=5)
-    png = print_figure(fig, "png", dpi=100)
-    assert _png_text(png)[plotting.TEXT_RECORD] == f"{5 * 100 / 72:.2f}"
-    saved = io.BytesIO()
-    fig.savefig(saved, format="png", dpi=200, metadata={"Title": "kept"})
-    text = _png_text(saved.getvalue())
-    assert (text[plotting.TEXT_RECORD], text["Title"]) == (f"{5 * 200 / 72:.2f}", "kept")

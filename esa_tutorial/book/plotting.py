@@ -151,9 +151,10 @@ def show_grids(grids: Sequence[np.ndarray | torch.Tensor], titles: Sequence[str]
                vmin: float = 0.0, vmax: float | None = 1.0, cmap: str = "magma",
                fmt: str = "{:.2f}") -> None:
     """Several annotated grids side by side (e.g. the polyp fraction of every pooled cell)."""
-    fig, axes = _subplots(1, len(grids), figsize=(3.3 * len(grids), 3.4), squeeze=False)
+    # Values at 9 pt, three grids within a desktop column (tests/test_figure_legibility.py).
+    fig, axes = _subplots(1, len(grids), figsize=(2.5 * len(grids), 2.8), squeeze=False)
     for ax, grid, title in zip(axes[0], grids, titles):
-        annotated_grid(ax, grid, vmin=vmin, vmax=vmax, cmap=cmap, fmt=fmt, fontsize=8)
+        annotated_grid(ax, grid, vmin=vmin, vmax=vmax, cmap=cmap, fmt=fmt, fontsize=9)
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
 
@@ -175,7 +176,7 @@ def _draw_bins(ax: Axes, length: int, bins: int) -> None:
     counts = np.zeros(length, dtype=int)
     for i, (a, b) in enumerate(adaptive_bins(length, bins)):
         ax.barh(i, b - a, left=a - 0.5, height=0.6, color=f"C{i % 10}", alpha=0.8)
-        ax.text((a + b - 1) / 2, i, f"[{a}, {b})", ha="center", va="center", fontsize=8, color="white")
+        ax.text((a + b - 1) / 2, i, f"[{a}, {b})", ha="center", va="center", fontsize=9, color="white")
         counts[a:b] += 1
     for p in np.flatnonzero(counts > 1):  # pixels that belong to two bins are shaded
         ax.axvspan(p - 0.5, p + 0.5, color="grey", alpha=0.15)
@@ -187,10 +188,11 @@ def _draw_bins(ax: Axes, length: int, bins: int) -> None:
 def show_bins(*cases: tuple[int, int]) -> None:
     """One panel per (length, bins): a bar per adaptive-pooling bin over the pixels it averages.
 
-    Pixels shared by two bins are shaded grey.
+    Pixels shared by two bins are shaded grey. One panel under the other: the figure
+    stays one panel wide, legible in a desktop column and on a phone.
     """
-    fig, axes = _subplots(1, len(cases), figsize=(5.5 * len(cases), 2.8), squeeze=False)
-    for ax, (length, bins) in zip(axes[0], cases):
+    fig, axes = _subplots(len(cases), 1, figsize=(5.5, 2.8 * len(cases)), squeeze=False)
+    for ax, (length, bins) in zip(axes[:, 0], cases):
         _draw_bins(ax, length, bins)
     fig.tight_layout()
 
@@ -262,15 +264,16 @@ def plot_cost(ns: Sequence[int], flops: Mapping[str, Sequence[float]],
               crossover: float | None = None, styles: Mapping[str, str] | None = None,
               flops_ylabel: str = "FLOPs per image (C = 64)",
               memory_title: str = "attention matrix (float32, 8 heads)") -> None:
-    """FLOPs (left) and attention memory (right) against the number of pixels, log-log.
+    """FLOPs (top) and attention memory (below) against the number of pixels, log-log.
 
     ``flops`` and ``memory_gib`` map a curve's name to its values at ``ns``. Optional
     markers: LDNet's stages at ``stage_n`` (FLOPs ``stage_flops`` per image, memory
     ``stage_gib`` per curve name, labelled with ``stage_labels``), and a dotted
-    vertical line at ``crossover``.
+    vertical line at ``crossover``. One panel under the other, text at 9 pt or more: one
+    panel wide, the figure is shown at full size in a desktop column.
     """
     styles = dict(styles or {})
-    fig, (ax_f, ax_m) = _subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_f, ax_m) = _subplots(2, 1, figsize=(5.8, 8.2))
     for i, (name, ys) in enumerate(flops.items()):
         ax_f.loglog(ns, ys, styles.get(name, f"C{i}-"), lw=2, label=name)
     if crossover is not None:
@@ -285,25 +288,29 @@ def plot_cost(ns: Sequence[int], flops: Mapping[str, Sequence[float]],
         if i == len(stage_gib) - 1:  # label the last set of markers only, so labels never overlap
             for label, n, g in zip(stage_labels, stage_n, gib):
                 ax_m.annotate(f"{label}\n{g:.3g} GiB", (n, g), textcoords="offset points",
-                              xytext=(8, -22), fontsize=8)
+                              xytext=(8, -24), fontsize=9)
     ax_m.set(xlabel="pixels N = H·W", ylabel="GiB", title=memory_title)
     ax_m.set_xlim(right=4e4)
-    ax_f.legend(fontsize=8)
-    ax_m.legend(loc="upper left", fontsize=8)
+    ax_f.legend(fontsize=9)
+    ax_m.legend(loc="upper left", fontsize=9)
     fig.tight_layout()
 
 
 def show_batch(images: torch.Tensor, masks: torch.Tensor) -> None:
-    """(B, 3, H, W) images above their (B, 1, H, W) masks, one column per image."""
-    n = images.shape[0]
-    fig, axes = _subplots(2, n, figsize=(1.5 * n, 3.2), squeeze=False)
-    for i in range(n):
-        axes[0, i].imshow(_np(images[i]).transpose(1, 2, 0).clip(0, 1))
-        axes[1, i].imshow(_np(masks[i, 0]), cmap="gray", vmin=0, vmax=1)
+    """(B, 3, H, W) images above their (B, 1, H, W) masks, four images a row."""
+    n, cols = images.shape[0], min(4, images.shape[0])
+    pairs = -(-n // cols)
+    fig, axes = _subplots(2 * pairs, cols, figsize=(1.5 * cols, 1.6 * 2 * pairs), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    axes[0, 0].set_title("image", loc="left")
-    axes[1, 0].set_title("mask", loc="left")
+    for i in range(n):
+        r, c = divmod(i, cols)
+        axes[2 * r, c].imshow(_np(images[i]).transpose(1, 2, 0).clip(0, 1))
+        axes[2 * r + 1, c].imshow(_np(masks[i, 0]), cmap="gray", vmin=0, vmax=1)
+    for r in range(pairs):
+        axes[2 * r, 0].set_title(f"image {r * cols}..{min(n, (r + 1) * cols) - 1}", loc="left",
+                                 fontsize=10)
+        axes[2 * r + 1, 0].set_title("mask", loc="left", fontsize=10)
     fig.tight_layout()
 
 
@@ -595,14 +602,15 @@ def plot_curves(
         ax.plot(steps, ys.mean(0), "o-", ms=3, color=colour, label=f"{v} ({len(ys)} seeds)")
         ax.fill_between(steps, ys.min(0), ys.max(0), color=colour, alpha=0.2)
     ax.set(xlabel="training step", ylabel=key.replace("_", " "), title=title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     return ax
 
 
 def show_samples(images: torch.Tensor, masks: torch.Tensor, titles: Sequence[str] | None = None) -> plt.Figure:
     """Images (n, 3, H, W) with their masks outlined in white, side by side."""
     n = len(images)
-    fig, axes = _subplots(1, n, figsize=(2.3 * n, 2.5), squeeze=False)
+    # 1.5 in a panel: five across still fit a desktop column at full size, titles at 9 pt.
+    fig, axes = _subplots(1, n, figsize=(1.5 * n, 1.9), squeeze=False)
     for i, ax in enumerate(axes[0]):
         ax.imshow(images[i].permute(1, 2, 0).numpy())
         ax.contour(masks[i, 0].numpy(), levels=[0.5], colors="white", linewidths=1.0)

@@ -236,10 +236,11 @@ def test_a_phone_sees_every_output_and_figure(layout, page):
 def test_figures_are_legible(layout, page, size):
     """No figure text below 70% of the body text, as shown at a 1200 px window and on a phone.
 
-    The book's own figures record their smallest text when saved (tools/draw_figures.py);
-    the check reads it from the PNG and scales it by the width the figure is shown at. A
-    notebook's figure carries no record: on a phone it must be shown no smaller than on the
-    desktop, where tests/test_figure_legibility.py measures the plotting helpers' text.
+    A figure records its smallest text in its PNG when it is saved: the book's diagrams
+    (tools/draw_figures.py) and every figure of the plotting helpers, also as a notebook
+    shows it (``esa_tutorial.book.plotting.record_text_size``). The check reads the record
+    and scales it by the width the figure is shown at. A figure a chapter draws with its
+    own code carries none: on a phone it must be shown no smaller than on the desktop.
     """
     report = layout(page, size)
     small = illegible_figures(report)
