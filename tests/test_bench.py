@@ -11,7 +11,7 @@ import torch
 from esa_tutorial import ESA, folded
 from esa_tutorial.bench import (
     BREAKDOWN_PARTS, DIM_HEAD, HEADS, LDNET_SHAPES, VARIANTS, Record, attention_matrix_gb, build, format_speedup_table,
-    format_table, forward_breakdown, ldnet_training_step, pixel_product_flops, run_benchmark,
+    StepResult, format_table, forward_breakdown, ldnet_training_step, pixel_product_flops, run_benchmark,
     saved_for_backward_mb, speedup_table, variant_flops,
 )
 from esa_tutorial.bench.__main__ import main
@@ -227,11 +227,14 @@ def test_ldnet_step_times_the_full_network():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two busy cores: OpenMP threads waiting on each other cost far more than they gain
     try:
-        assert ldnet_training_step("folded", batch=2, size=32, device="cpu", steps=1, model="full") > 0
+        step = ldnet_training_step("folded", batch=2, size=32, device="cpu", steps=1, model="full")
     finally:
         torch.set_num_threads(threads)
+    assert step.seconds > 0 and step.peak_mib is None and step.reserved_mib is None  # no CUDA peak on the CPU
     with pytest.raises(ValueError, match="model must be one of"):
         ldnet_training_step("folded", 1, 32, "cpu", 1, model="res2net")
+    with pytest.raises(ValueError, match="amp='fp16' .mixed precision. needs a CUDA device, got 'cpu'"):
+        ldnet_training_step("folded", 1, 32, "cpu", 1, model="full", amp="fp16")
 
 
 @pytest.mark.slow
@@ -240,17 +243,23 @@ def test_ldnet_step_option_model_reaches_the_step(tmp_path, capsys, monkeypatch)
     import esa_tutorial.bench.__main__ as cli
 
     calls = []
-    monkeypatch.setattr(cli, "ldnet_training_step", lambda impl, *args: calls.append((impl, *args)) or 1.0)
+    monkeypatch.setattr(cli, "ldnet_training_step",
+                        lambda impl, *args: calls.append((impl, *args)) or StepResult(2.0 if impl == "reference" else 1.0))
     main(["--quick", "--shape", "1", "8", "3", "3", "--variants", "esa_folded", "--no-memory", "--device", "cpu",
           "--ldnet-step", "--model", "full", "--ldnet-batch", "2", "--ldnet-size", "64", "--ldnet-steps", "1",
           "--min-run-time", "0.01", "--out", str(tmp_path)])
-    assert [c[0] for c in calls] == ["reference", "folded"] and all(c[-1] == "full" for c in calls)
+    assert [c[0] for c in calls] == ["reference", "folded"] and all(c[-2:] == ("full", None) for c in calls)
     step = json.loads((tmp_path / "bench.json").read_text())["ldnet_step"]
-    assert step["model"] == "full" and step["batch"] == 2 and step["size"] == 64
-    assert "LDNet (full) training step, batch 2 at 64x64" in capsys.readouterr().out
+    assert step["model"] == "full" and step["batch"] == 2 and step["size"] == 64 and step["amp"] is None
+    assert step["seconds"] == {"reference": 2.0, "folded": 1.0} and "peak_mib" not in step  # no peak on the CPU
+    assert ("LDNet training step of the full network (Res2Net-50), batch 2 at 64x64: literal ESA 2.00 s, "
+            "folded ESA 1.00 s (2.00x)") in capsys.readouterr().out
     from esa_tutorial.bench import results
 
     assert "of the full network (Res2Net-50)" in results.describe_ldnet_step({"ldnet_step": step})
     with pytest.raises(SystemExit):
         main(["--ldnet-step", "--model", "tiny", "--out", str(tmp_path)])
     assert "invalid choice: 'tiny'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--ldnet-step", "--amp", "fp16", "--device", "cpu", "--out", str(tmp_path)])
+    assert "--amp fp16 (mixed precision) needs a CUDA device, got cpu" in capsys.readouterr().err

@@ -1,11 +1,14 @@
 """FLOP and attention-memory counts against hand formulas, on CPU and on meta tensors."""
 
+import gc
+import weakref
+
 import pytest
 import torch
 from torch import nn
 
 from esa_tutorial import ESA, LCA, MHSA
-from esa_tutorial.cost import attention_matrix_bytes, count_flops, flops_by_operator
+from esa_tutorial.cost import attention_matrix_bytes, count_flops, flops_by_operator, saved_for_backward_bytes
 from esa_tutorial.nn.folded import CPU_BLOCK_ROWS
 
 # Two FLOPs per multiply-add. With C channels, inner = heads * dim_head, N pixels, n_kv tokens:
@@ -96,3 +99,34 @@ def test_attention_matrix_bytes_at_ldnet_scale_on_meta():
 def test_attention_matrix_bytes_rejects_wrong_channels():
     with pytest.raises(ValueError, match="C=12"):
         attention_matrix_bytes(MHSA(12, heads=3, dim_head=4), torch.randn(1, 5, 4, 4))
+
+
+_outputs: list = []  # weak references to what the probe's forward made (a global: the probe is a deep copy)
+
+
+class _Saves(torch.nn.Module):
+    """Each op saves its own output for backward (exp, tanh), the case where a pack hook can close a cycle."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.exp(x).tanh()
+        _outputs.append(weakref.ref(y))
+        return y
+
+
+def test_saved_for_backward_bytes_frees_the_graph_on_return():
+    """Nothing of the measured forward outlives the call, without waiting for Python's cycle collector.
+
+    A pack hook that returned the tensor itself made each output saved by its own node a reference
+    cycle: on a GPU the graph of one LDNet.full() step (8 GiB) stayed allocated after the call.
+    """
+    x = torch.randn(4, 8, requires_grad=True)
+    _outputs.clear()
+    gc.collect()
+    gc.disable()
+    try:
+        counted = saved_for_backward_bytes(_Saves(), x, weights_and_input=False)
+        alive = [r for r in _outputs if r() is not None]
+    finally:
+        gc.enable()
+    assert counted == 2 * 4 * 8 * 4  # exp's output and tanh's output, 32 float32 values each
+    assert not alive, "the forward's output is still alive: the saved-tensor graph is a reference cycle"

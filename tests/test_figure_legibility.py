@@ -179,3 +179,12 @@ def test_chapter_10_attention_on_image_is_legible():
     px, text = smallest_text_px(_last_figure(), NOTEBOOK_DPI)
     assert px >= 0.7 * BODY_PX, f"{text!r} is shown at {px:.1f} px"
 
+
+def test_chapter_8_far_pixel_figure_is_legible():
+    from esa_tutorial.book.far_pixel_task import far_pixel_sample, pooling_twin
+
+    s = far_pixel_sample(0, 0)
+    probs = {name: torch.rand(2, 24, 24) for name in ("ESA", "full MHSA", "conv + ESA")}
+    fig = plotting.show_far_pixel([s, pooling_twin(s)], probs, ["a map", "its twin"])
+    px, text = smallest_text_px(fig, NOTEBOOK_DPI)
+    assert px >= 0.7 * BODY_PX, f"{text!r} is shown at {px:.1f} px"

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,20 @@ def test_an_fp16_overflow_step_is_skipped_not_a_divergence() -> None:
     for before, after in zip(seen[0], seen[1]):  # the overflowing step changed no weight
         torch.testing.assert_close(before, after, rtol=0, atol=0)
     assert scaler.get_scale() < 2.0**16  # and the scaler lowered its scale
+
+
+def test_a_skipped_first_step_advances_the_schedule_without_torchs_warning() -> None:
+    """The scaler skips step 0 (overflow); the schedule still moves on, and torch's "scheduler before
+    optimizer" warning, which that skip triggers, does not reach the reader."""
+    scaler, loss_fn = _scaler_and_overflowing_loss({0})
+    model = tiny_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        log = fit(model, batches(4), loss_fn, opt, scaler=scaler, scheduler=scheduler)
+    assert log.skipped == 1 and log.lr == pytest.approx([0.1, 0.075, 0.05, 0.025])
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
 
 
 def test_a_loss_that_stays_non_finite_under_the_scaler_is_a_divergence() -> None:

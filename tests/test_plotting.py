@@ -119,3 +119,24 @@ def test_show_attention_on_image_names_the_expected_shape():
     with pytest.raises(ValueError, match=r"2 pixels and the image's size \(16, 16\), got shape \(2, 4, 8, 8\)"):
         plotting.show_attention_on_image(torch.rand(3, 16, 16), torch.zeros(1, 16, 16),
                                          torch.rand(2, 4, 8, 8), [(0, 0), (1, 1)], ["a", "b"], list("abcd"))
+
+
+def test_show_far_pixel_draws_input_label_and_each_thresholded_prediction():
+    from esa_tutorial.book.far_pixel_task import far_pixel_sample, pooling_twin
+
+    s = far_pixel_sample(0, 0)
+    twin = pooling_twin(s)
+    truth = torch.from_numpy(np.stack([s.mask, twin.mask])).float()
+    wrong = 1 - truth  # every pixel wrong: Dice 0
+    fig = plotting.show_far_pixel([s, twin], {"right": truth * 0.9, "wrong": wrong}, ["map", "twin"],
+                                  marks=[[(5, 19)], [(5, 19)]])
+    assert fig.axes[0].get_ylabel() == "map" and fig.axes[4].get_ylabel() == "twin"
+    assert fig.axes[2].get_title() == "right\nDice 1.00" and fig.axes[3].get_title() == "wrong\nDice 0.00"
+    np.testing.assert_array_equal(np.asarray(fig.axes[6].images[0].get_array()), truth[1].numpy())
+    np.testing.assert_array_equal(np.asarray(fig.axes[1].images[0].get_array()), s.mask)
+    # The marker (red square), its two 5x5 cells (column 19 lies where two bins overlap: red frames)
+    # and the marked pixel (orange frame).
+    edges = [p.get_edgecolor()[:3] for p in fig.axes[0].patches]
+    assert len(fig.axes[0].patches) == 1 + 2 + 1 and edges[-1] == matplotlib.colors.to_rgb("orange")
+    with pytest.raises(ValueError, match=r"one prediction per map \(2 maps\), got 2 titles and \[1\]"):
+        plotting.show_far_pixel([s, twin], {"x": truth[:1]}, ["a", "b"])

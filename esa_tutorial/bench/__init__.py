@@ -39,16 +39,15 @@ On top: :func:`speedup_table` (the folded form beside the literal one),
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import platform
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence, get_args
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
@@ -371,52 +370,70 @@ def forward_breakdown(shape: Sequence[int], dtype: torch.dtype = torch.float32,
 LDNET_MODELS = ("paper-sized", "full")
 
 
+@dataclass
+class StepResult:
+    """One LDNet training-step measurement: the fastest timed step, and on CUDA the memory peak.
+
+    ``peak_mib``: ``torch.cuda.max_memory_allocated`` over the warm-up and
+    timed steps, in MiB: weights, gradients, SGD momentum and activations,
+    all that the step needs (``None`` on the CPU). ``reserved_mib``: what
+    torch's caching allocator held from the driver at its peak, the number
+    closest to what ``nvidia-smi`` shows.
+    """
+
+    seconds: float
+    peak_mib: float | None = None
+    reserved_mib: float | None = None
+
+
 def ldnet_training_step(impl: Literal["folded", "reference"], batch: int = 16, size: int = 224,
                         device: torch.device | str = "cpu", steps: int = 2,
-                        model: Literal["paper-sized", "full"] = "paper-sized") -> float:
-    """Seconds of one LDNet training step (forward, loss, backward, SGD step) with ESA's ``impl`` form.
+                        model: Literal["paper-sized", "full"] = "paper-sized",
+                        amp: str | None = None) -> StepResult:
+    """Time one LDNet training step (forward, loss, backward, SGD step) with ESA's ``impl`` form.
 
     ``model="paper-sized"``: :meth:`LDNet.paper_sized() <esa_tutorial.LDNet.paper_sized>`
     (width 64, 8 heads of 64, the small encoder); ``model="full"``:
     :meth:`LDNet.full() <esa_tutorial.LDNet.full>` (the same on LDNet's
-    Res2Net-50 encoder, 33.4 M parameters). On ``batch`` random images of
-    ``size`` x ``size``; every ESA layer set to ``impl``. One warm-up step,
-    then the fastest of ``steps``.
+    Res2Net-50 encoder, 33.4 M parameters). On ``batch`` random images
+    (B, 3, ``size``, ``size``) with random masks; every ESA layer set to
+    ``impl``. The steps go through the package's one training loop,
+    :func:`~esa_tutorial.train.fit`, with LDNet's loss (deep supervision,
+    bilinear targets), SGD with momentum and, on CUDA, ``amp`` (``"fp16"``
+    with a gradient scaler, or ``"bf16"``). One warm-up step, then the
+    fastest of ``steps``.
     """
     from ..nn.ldnet import LDNet  # LDNet pulls in the whole network; only this function needs it
+    from ..train.fitting import fit
+    from ..train.losses import deep_supervision_loss
 
     if model not in LDNET_MODELS:
         raise ValueError(f"model must be one of {LDNET_MODELS}, got {model!r}")
-    build = LDNet.full if model == "full" else LDNet.paper_sized
     device = torch.device(device)
+    if amp is not None and device.type != "cuda":
+        raise ValueError(f"amp={amp!r} (mixed precision) needs a CUDA device, got {device.type!r}")
+    build = LDNet.full if model == "full" else LDNet.paper_sized
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(0)  # the CPU generator only, restored by fork_rng
-        model = build(attention="esa").to(device).train()
-    for module in model.modules():
+        net = build(attention="esa").to(device).train()
+    for module in net.modules():
         if isinstance(module, ESA):
             module.impl = impl
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=gen).to(device)
     masks = (torch.rand(batch, 1, size, size, generator=gen) > 0.7).float().to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        outputs = model(images)
-        loss = sum(F.binary_cross_entropy_with_logits(o, F.interpolate(masks, size=o.shape[-2:]))
-                   for o in outputs)
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    record = fit(net, itertools.repeat((images, masks), steps + 1),
+                 lambda outputs, target: deep_supervision_loss(outputs, target, resize="bilinear"),
+                 optimizer, device=device, amp=amp, scaler=scaler)
+    result = StepResult(min(record.seconds[1:]))
+    if device.type == "cuda":
+        result.peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
+        result.reserved_mib = torch.cuda.max_memory_reserved(device) / 2**20
+    return result
 
 
 def esa_share_of_step(shapes: Sequence[Sequence[int]], step_seconds: float, dtype: torch.dtype,

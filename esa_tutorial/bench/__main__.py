@@ -4,6 +4,7 @@
     python -m esa_tutorial.bench --quick         # batch 2, one round (how long: see --quick)
     python -m esa_tutorial.bench --ldnet-step --breakdown --out bench_results/cpu
     python -m esa_tutorial.bench --ldnet-step --model full --out bench_results/full   # LDNet on Res2Net-50
+    python -m esa_tutorial.bench --against-ldnet PATH --device cpu   # beside LDNet's own code (a clone)
 
 Prints the speed-up of the folded form over the literal form (the table of
 chapter 9, "Making ESA fast") and every variant's numbers; writes ``<out>/bench.json`` and ``<out>/time.png``. All
@@ -24,6 +25,9 @@ import torch
 from ..book.plotting import plot_times
 from ..files import write_json
 from ..runtime import resolve_device
+from ..train.fitting import AMP_TORCH_DTYPES
+from .against_ldnet import check_clone, forward_side_by_side
+from .results import describe_against_ldnet, describe_ldnet_step
 from . import (
     DTYPES, LDNET_MODELS, LDNET_SHAPES, QUICK_SHAPES, VARIANTS, Record, esa_share_of_step, format_speedup_table,
     format_table, forward_breakdown, ldnet_training_step, log, machine, matmul_gflops,
@@ -75,13 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--breakdown", action="store_true",
                         help="time the parts of the folded forward at the first shape")
     parser.add_argument("--ldnet-step", action="store_true",
-                        help="time a paper-sized LDNet training step, folded vs literal ESA")
+                        help="time an LDNet training step (the network: --model), literal vs folded ESA; "
+                             "on CUDA also its peak memory")
     parser.add_argument("--model", choices=LDNET_MODELS, default="paper-sized",
                         help="--ldnet-step's network: paper-sized (small encoder) or full (Res2Net-50, 33.4 M)")
     parser.add_argument("--ldnet-batch", type=_positive_int, default=16)
     parser.add_argument("--ldnet-size", type=_positive_int, default=224, help="a multiple of 32")
     parser.add_argument("--ldnet-steps", type=_positive_int, default=2,
-                        help="timed training steps after one warm-up step (median reported)")
+                        help="timed training steps after one warm-up step (the fastest reported)")
+    parser.add_argument("--amp", choices=sorted(AMP_TORCH_DTYPES), default=None,
+                        help="--ldnet-step under mixed precision (CUDA only), as train --amp")
+    parser.add_argument("--against-ldnet", type=Path, default=None, metavar="CLONE",
+                        help="only time LDNet.full()'s forward beside LDNet's own network, from your clone "
+                             "of github.com/ReaFly/LDNet (at --ldnet-size, batch 1); writes "
+                             "<out>/against-ldnet.json")
     parser.add_argument("--out", type=Path, default=Path("bench_results"))
     return parser
 
@@ -111,9 +122,23 @@ def main(argv: Sequence[str] | None = None) -> list[Record]:
     parser = build_parser()
     args = parser.parse_args(argv)
     device = _check_device(parser, args.device)
-    if args.ldnet_step and args.ldnet_size % 32:
+    if (args.ldnet_step or args.against_ldnet is not None) and args.ldnet_size % 32:
         parser.error(f"--ldnet-size must be a multiple of 32, got {args.ldnet_size}")
+    if args.amp is not None and device.type != "cuda":
+        parser.error(f"--amp {args.amp} (mixed precision) needs a CUDA device, got {device.type}")
     _check_out(parser, args.out)
+    if args.against_ldnet is not None:
+        try:
+            check_clone(args.against_ldnet)
+        except FileNotFoundError as err:
+            parser.error(f"--against-ldnet: {err}")
+        side = forward_side_by_side(args.against_ldnet, args.ldnet_size, 1, device,
+                                    rounds=args.repeats or 5, min_run_time=args.min_run_time or 0.5)
+        run = dict(machine=machine(), device=str(device), **asdict(side))
+        write_json(run, args.out / "against-ldnet.json")
+        log(describe_against_ldnet(run))
+        log(f"wrote {args.out / 'against-ldnet.json'}")
+        return []
 
     dtype = DTYPES[args.dtype]
     shapes = [tuple(s) for s in args.shape] if args.shape else (QUICK_SHAPES if args.quick else LDNET_SHAPES)
@@ -143,16 +168,18 @@ def main(argv: Sequence[str] | None = None) -> list[Record]:
             + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in parts.items()))
     if args.ldnet_step:
         step = {impl: ldnet_training_step(impl, args.ldnet_batch, args.ldnet_size, device, args.ldnet_steps,
-                                          args.model)
+                                          args.model, args.amp)
                 for impl in ("reference", "folded")}
         side = args.ldnet_size
         stages = [(args.ldnet_batch, c, side // s, side // s) for c, s in ((64, 2), (64, 4), (128, 8), (256, 16))]
-        share = esa_share_of_step(stages, step["folded"], dtype, device, min_run_time)
-        result["ldnet_step"] = dict(model=args.model, batch=args.ldnet_batch, size=side, seconds=step,
+        share = esa_share_of_step(stages, step["folded"].seconds, dtype, device, min_run_time)
+        result["ldnet_step"] = dict(model=args.model, batch=args.ldnet_batch, size=side, amp=args.amp,
+                                    seconds={k: v.seconds for k, v in step.items()},
                                     esa_share_folded=share)
-        log(f"LDNet ({args.model}) training step, batch {args.ldnet_batch} at {side}x{side}: literal ESA "
-            f"{step['reference']:.2f} s, folded ESA {step['folded']:.2f} s; folded ESA layers "
-            f"~{100 * share:.0f}% of the step")
+        if device.type == "cuda":
+            result["ldnet_step"].update(peak_mib={k: v.peak_mib for k, v in step.items()},
+                                        reserved_mib={k: v.reserved_mib for k, v in step.items()})
+        log(describe_ldnet_step(result))
     paths = plot_times(records, args.out)
     write_json(result, args.out / "bench.json")
     for path in [*paths, args.out / "bench.json"]:

@@ -59,7 +59,23 @@ def describe_ldnet_step(run: dict) -> str:
     # Runs from before --model have no "model": they timed the paper-sized stand-in, the only network then.
     network = {"full": " of the full network (Res2Net-50)",
                "paper-sized": " of the paper-sized stand-in (small encoder)"}[step.get("model", "paper-sized")]
-    return (f"LDNet training step{network}{separate}, batch {step['batch']} at {step['size']}x{step['size']}: "
-            f"literal ESA {s['reference']:.2f} s, folded ESA {s['folded']:.2f} s "
+    precision = f", {step['amp']} mixed precision" if step.get("amp") else ""
+    line = (f"LDNet training step{network}{separate}, batch {step['batch']} at {step['size']}x{step['size']}"
+            f"{precision}: literal ESA {s['reference']:.2f} s, folded ESA {s['folded']:.2f} s "
             f"({s['reference'] / s['folded']:.2f}x); the folded ESA layers take about "
             f"{100 * step['esa_share_folded']:.0f}% of the folded step")
+    if step.get("peak_mib"):
+        peak = step["peak_mib"]
+        line += (f"; peak GPU memory {peak['reference']:,.0f} MiB (literal), "
+                 f"{peak['folded']:,.0f} MiB (folded)")
+    return line
+
+
+def describe_against_ldnet(run: dict) -> str:
+    """LDNet's own network against ``LDNet.full()``: forward times, their ratio, and how far the outputs differ."""
+    s, shape = run["seconds"], "x".join(map(str, run["shape"]))
+    m = run["machine"]
+    where = m.get("gpu") if run["device"].startswith("cuda") else f"{m.get('threads')} threads"
+    return (f"forward at {shape} on {run['device']} ({where}): LDNet's code {1e3 * s['ldnet']:.0f} ms, "
+            f"the package's LDNet.full() {1e3 * s['package']:.0f} ms ({s['ldnet'] / s['package']:.2f}x); "
+            f"same weights, outputs differ by at most {run['max_abs_diff']:.1e}")

@@ -582,7 +582,7 @@ def show_pyramid(
 
 COLOURS = {
     "no attention": "tab:gray", "ESA": "tab:blue", "full MHSA": "tab:red", "ESA + LCA": "tab:green",
-    "global token": "tab:orange",
+    "global token": "tab:orange", "conv + ESA": "tab:purple", "ESA 6x6 marker": "tab:cyan",
 }
 
 
@@ -689,3 +689,61 @@ def plot_times(records: Sequence[Record], out_dir: Path) -> list[Path]:
     path = save_figure(fig, out_dir / "time.png", dpi=120)
     plt.close(fig)
     return [path]
+
+
+def show_far_pixel(
+    samples: Sequence[Any],
+    predictions: Mapping[str, torch.Tensor],
+    row_titles: Sequence[str],
+    marks: Sequence[Sequence[tuple[int, int]]] | None = None,
+) -> plt.Figure:
+    """The far-pixel task, one row per map: input, label, and each model's thresholded prediction.
+
+    Args:
+        samples: n :class:`~esa_tutorial.book.far_pixel_task.FarPixelSample`.
+        predictions: per model, probabilities (n, H, W); shown as foreground
+            where >= 0.5, with the map's Dice in the title.
+        row_titles: n labels, written left of each row.
+        marks: per map, pixels to outline in orange (e.g. the two swapped pixels of a twin).
+
+    The input panel shows the bits (white +1, black -1), the marker as a red
+    square and the 5x5-grid cells that hold it as red rectangles.
+    """
+    from matplotlib.patches import Rectangle
+
+    from ..metrics import dice
+    from .far_pixel_task import marker_cells
+
+    n, names = len(samples), list(predictions)
+    if len(row_titles) != n or any(len(p) != n for p in predictions.values()):
+        raise ValueError(f"show_far_pixel needs one row title and one prediction per map ({n} maps), got "
+                         f"{len(row_titles)} titles and {[len(p) for p in predictions.values()]} predictions")
+    cols = 2 + len(names)
+    fig, axes = _subplots(n, cols, figsize=(1.75 * cols, 1.95 * n), squeeze=False)
+    for i, s in enumerate(samples):
+        size = s.bits.shape[0]
+        ax = axes[i, 0]
+        ax.imshow(s.bits, cmap="gray", vmin=-1.5, vmax=1.5)
+        ax.add_patch(Rectangle((s.marker[1] - 0.5, s.marker[0] - 0.5), 1, 1, color="red"))
+        for grid, rows, cols_ in marker_cells(size, s.marker):
+            if grid == 5:
+                ax.add_patch(Rectangle((cols_.start - 0.5, rows.start - 0.5), cols_.stop - cols_.start,
+                                       rows.stop - rows.start, fill=False, ec="red", lw=1.5))
+        for r, c in (marks[i] if marks is not None else []):
+            ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, ec="orange", lw=2))
+        ax.set_ylabel(row_titles[i], fontsize=10)
+        axes[i, 1].imshow(s.mask, cmap="gray", vmin=0, vmax=1)
+        truth = torch.from_numpy(s.mask).float()
+        for j, name in enumerate(names):
+            pred = (predictions[name][i] >= 0.5).float()
+            axes[i, 2 + j].imshow(pred.numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[i, 2 + j].set_title(f"Dice {float(dice(pred[None], truth[None])[0]):.2f}", fontsize=10)
+    axes[0, 0].set_title("input", fontsize=10)
+    axes[0, 1].set_title("label", fontsize=10)
+    for j, name in enumerate(names):
+        axes[0, 2 + j].set_title(f"{name}\n{axes[0, 2 + j].get_title()}", fontsize=10)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig

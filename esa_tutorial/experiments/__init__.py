@@ -1,6 +1,6 @@
 """The book's trained models: fixed-seed CPU runs, their histories and small checkpoints.
 
-Three suites, each a grid of variants x seeds trained under one protocol:
+Four suites, each a grid of variants x seeds trained under one protocol:
 
 ``context``
     :class:`~esa_tutorial.book.context_task.ContextNet` on the key-matching task of
@@ -9,6 +9,12 @@ Three suites, each a grid of variants x seeds trained under one protocol:
 ``fine-key``
     The same network and variants on :mod:`esa_tutorial.book.fine_key_task` (48x48):
     a key smaller than a pyramid cell among look-alike decoys.
+``far-pixel``
+    :class:`~esa_tutorial.book.far_pixel_task.FarPixelNet` on
+    :mod:`esa_tutorial.book.far_pixel_task` (24x24): every pixel compares its bit with
+    that of one marker pixel anywhere. ESA and full MHSA on linear features, and two
+    controls: ESA when the marker is a 6x6 square (task ``far-patch``), and ESA behind
+    a convolutional encoder.
 ``ablation``
     :class:`~esa_tutorial.nn.ldnet.LDNet` (width 16) on 64x64 synthetic polyps:
     no attention, ESA, full MHSA, ESA + LCA (chapter 7).
@@ -20,9 +26,9 @@ same number of steps and the same optimiser (AdamW with a poly schedule). Cost
 is measured in the same run: parameters, bytes autograd keeps for one
 training batch, and the median wall time of a step.
 
-``python -m esa_tutorial.experiments context``, ``... fine-key`` and ``... ablation``
+``python -m esa_tutorial.experiments context``, ``... fine-key``, ``... far-pixel`` and ``... ablation``
 reproduce everything the book loads from :data:`PRETRAINED`. The stored runs took about
-60, 107 and 38 minutes of training steps (context, fine-key, ablation) on one
+60, 107, 15 and 38 minutes of training steps (context, fine-key, far-pixel, ablation) on one
 thread each, on a busy shared 2-core machine (each run's time is in its history; suites can run in parallel
 processes with ``--seeds``/``--variants`` and the same ``--out``, results are
 merged by run name). The files (about 3 MB) are committed as package data
@@ -50,6 +56,7 @@ from torch import nn
 from ..book.context_task import ContextDiscs, ContextNet
 from ..data import SyntheticPolyps
 from ..book.fine_key_task import FineKeyDiscs
+from ..book.far_pixel_task import FarPixelBits, FarPixelNet
 from ..files import save_tensors, write_json
 from ..nn.ldnet import LDNet
 from ..metrics import segmentation_scores
@@ -59,11 +66,13 @@ from ..train import (
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained"
 MANIFEST = "manifest.json"
-Task = Literal["context", "fine-key", "polyps"]
+Task = Literal["context", "fine-key", "far-pixel", "far-patch", "polyps"]
+FAR_PATCH = 6  # side of the marked square in the far-patch control: about one 5x5 cell of a 24x24 map
 
-# The checkpoints the book loads (seed 0): every context model, and LDNet with ESA
-# (2.4 MB; the other ablation models would add 7 MB for figures no chapter draws).
-CHECKPOINTED = {"context": None, "fine-key": (), "ablation": ("ESA",)}
+# The checkpoints the book loads (seed 0): every context and far-pixel model (the latter
+# 16 kB each), and LDNet with ESA (2.4 MB; the other ablation models would add 7 MB for
+# figures no chapter draws).
+CHECKPOINTED = {"context": None, "fine-key": (), "far-pixel": None, "ablation": ("ESA",)}
 
 CONTEXT_VARIANTS: dict[str, dict[str, Any]] = {
     "no attention": dict(attention="none"),
@@ -73,6 +82,16 @@ CONTEXT_VARIANTS: dict[str, dict[str, Any]] = {
     # broadcasts a learned global average to every pixel (what LCA does; PSP/SE-like).
     "global token": dict(attention="esa", pooling_sizes=(1,)),
 }
+FAR_PIXEL_VARIANTS: dict[str, dict[str, Any]] = {
+    # Linear features into the attention: ESA sees the marker's bit only inside cell averages.
+    "ESA": dict(attention="esa"),
+    "full MHSA": dict(attention="mhsa"),
+    # Control of size: the marker is a FAR_PATCH x FAR_PATCH square, about one cell (task "far-patch").
+    "ESA 6x6 marker": dict(attention="esa"),
+    # Control of features: a non-linear encoder can isolate the marker's bit before the pooling.
+    "conv + ESA": dict(attention="esa", encoder="conv"),
+}
+FAR_PATCH_VARIANTS = ("ESA 6x6 marker",)
 ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "no attention": dict(attention="none", use_lca=False),
     "ESA": dict(attention="esa", use_lca=False),
@@ -118,6 +137,13 @@ def fine_key_spec(variant: str, seed: int = 0, **overrides: Any) -> RunSpec:
     return RunSpec("fine-key", variant, dict(CONTEXT_VARIANTS[variant]), seed, **{"size": 48, **overrides})
 
 
+def far_pixel_spec(variant: str, seed: int = 0, **overrides: Any) -> RunSpec:
+    """The far-pixel suite (:mod:`esa_tutorial.book.far_pixel_task`): 24x24 maps, AdamW, the context protocol's batches."""
+    base: dict[str, Any] = dict(size=24, steps=800, n_train=1024, n_val=256, eval_every=50)
+    task = "far-patch" if variant in FAR_PATCH_VARIANTS else "far-pixel"
+    return RunSpec(task, variant, dict(FAR_PIXEL_VARIANTS[variant]), seed, **{**base, **overrides})
+
+
 def ablation_spec(variant: str, seed: int = 0, **overrides: Any) -> RunSpec:
     """The ablation suite's protocol: LDNet width 16 on 64x64 polyps, 240 AdamW steps of 16."""
     base: dict[str, Any] = dict(steps=240, lr=2e-3, n_train=640, n_val=96, eval_every=24)
@@ -126,6 +152,8 @@ def ablation_spec(variant: str, seed: int = 0, **overrides: Any) -> RunSpec:
 
 def build_model(spec: RunSpec) -> nn.Module:
     """The spec's model with its seed's initial weights."""
+    if spec.task in ("far-pixel", "far-patch"):
+        return FarPixelNet(seed=spec.seed, **spec.model)
     if spec.task != "polyps":
         return ContextNet(seed=spec.seed, **spec.model)
     return LDNet(seed=spec.seed, **spec.model)
@@ -137,7 +165,8 @@ def datasets(spec: RunSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, t
     The data are fixed (seed 0 for training, 1 for validation): seeds change the
     initial weights and the batch order, not the task.
     """
-    kind = {"context": ContextDiscs, "fine-key": FineKeyDiscs, "polyps": SyntheticPolyps}[spec.task]
+    kind = {"context": ContextDiscs, "fine-key": FineKeyDiscs, "far-pixel": FarPixelBits,
+            "far-patch": functools.partial(FarPixelBits, patch=FAR_PATCH), "polyps": SyntheticPolyps}[spec.task]
     out = []
     for n, seed in ((spec.n_train, 0), (spec.n_val, 1)):
         ds = kind(n, spec.size, seed)
@@ -266,10 +295,11 @@ def check_equal_start(specs: Sequence[RunSpec]) -> None:
     """Raise ``AssertionError`` unless the shared parts of the specs' models start identical.
 
     For LDNet the shared parts are :data:`~esa_tutorial.nn.ldnet.SHARED_PARTS`; for
-    ContextNet the stem, head and the block's feed-forward part.
+    ContextNet the stem, head and the block's feed-forward part; for FarPixelNet its
+    ``shared_state_dict`` (the attention and the MLP).
     """
     def shared(model: nn.Module) -> dict[str, torch.Tensor]:
-        if isinstance(model, LDNet):
+        if isinstance(model, (LDNet, FarPixelNet)):
             return model.shared_state_dict()
         return {k: v for k, v in model.state_dict().items() if k.split(".")[0] in ("stem", "head")
                 or k.startswith("block.ff.")}
@@ -299,9 +329,12 @@ def run_suite(
     for seed in sorted({s.seed for s in specs}):
         group = [s for s in specs if s.seed == seed]
         check_equal_start(group)
-        data = datasets(group[0])
+        data: dict[tuple[Any, ...], tuple[torch.Tensor, ...]] = {}  # a suite may hold a control on other data
         for spec in group:
-            result = train_run(spec, data=data, log=log)
+            key = (spec.task, spec.size, spec.n_train, spec.n_val)
+            if key not in data:
+                data[key] = datasets(spec)
+            result = train_run(spec, data=data[key], log=log)
             results.append(result)
             if out is not None:
                 write_results(results, out, suite)
@@ -374,7 +407,7 @@ def verified_path(name: str, folder: Path = PRETRAINED) -> Path:
 
 
 def load_history(suite: str, folder: Path = PRETRAINED) -> list[dict[str, Any]]:
-    """The stored runs of a suite (``"context"``, ``"fine-key"``, ``"ablation"``): a list of {spec, history, cost}."""
+    """The stored runs of a suite (``"context"``, ``"fine-key"``, ``"far-pixel"``, ``"ablation"``): a list of {spec, history, cost}."""
     return json.loads(verified_path(f"histories/{suite}.json", folder).read_text())
 
 

@@ -4,7 +4,8 @@
 
     python -m esa_tutorial.experiments context         # ContextNet, 4 variants x 3 seeds
     python -m esa_tutorial.experiments ablation        # LDNet on polyps, 4 variants x 3 seeds
-    python -m esa_tutorial.experiments fine-key        # what ESA loses, 4 variants x 3 seeds
+    python -m esa_tutorial.experiments fine-key        # a key smaller than a cell, 4 variants x 3 seeds
+    python -m esa_tutorial.experiments far-pixel       # what ESA loses, 4 variants x 3 seeds
     python -m esa_tutorial.experiments costs ablation --out FOLDER   # re-measure stored costs
     python -m esa_tutorial.experiments context --seeds 0 --steps 100 --out /tmp/try
     python -m esa_tutorial.experiments manifest --out FOLDER   # SHA-256 of each file
@@ -14,7 +15,10 @@ Suites::
     context   the key-matching task of "What ESA learns": ContextNet without attention,
               with one global token, with ESA and with full MHSA
     fine-key  the same network and variants on keys smaller than a pyramid cell
-              ("What ESA learns", what ESA loses)
+              ("What ESA learns", what ESA loses with learned features)
+    far-pixel one far marker pixel whose bit every pixel must compare with its own: ESA
+              and full MHSA on linear features; controls: ESA with a 6x6 marker, ESA
+              on convolutional features ("What ESA learns", what ESA loses)
     ablation  the small LDNet on synthetic polyps of "Ablation": no attention, ESA,
               full MHSA, ESA + LCA
     manifest  train nothing; write the SHA-256 of every file in --out to its manifest
@@ -43,8 +47,10 @@ from . import (
     CHECKPOINTED,
     CONTEXT_VARIANTS,
     PRETRAINED,
+    FAR_PIXEL_VARIANTS,
     ablation_spec,
     context_spec,
+    far_pixel_spec,
     fine_key_spec,
     run_suite,
     summarise,
@@ -57,7 +63,7 @@ from . import (
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m esa_tutorial.experiments", description=__doc__.replace("\n::\n", "").replace("::\n", ":\n"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("suite", choices=("context", "fine-key", "ablation", "manifest", "costs"),
+    p.add_argument("suite", choices=("context", "fine-key", "far-pixel", "ablation", "manifest", "costs"),
                    help="what to run (see above)")
     p.add_argument("stored", nargs="?", help="with costs: the stored suite to re-measure (context, ablation...)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
@@ -114,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants, make = {
         "context": (CONTEXT_VARIANTS, context_spec),
         "fine-key": (CONTEXT_VARIANTS, fine_key_spec),
+        "far-pixel": (FAR_PIXEL_VARIANTS, far_pixel_spec),
         "ablation": (ABLATION_VARIANTS, ablation_spec),
     }[args.suite]
     names = args.variants or list(variants)

@@ -30,7 +30,9 @@ and the logged loss is that of the global batch.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -174,7 +176,11 @@ def fit(
         else:
             optimizer.step()
         if scheduler is not None:
-            scheduler.step()
+            with warnings.catch_warnings():
+                # The schedule advances on a step the fp16 scaler skipped, as torch's AMP recipe does; torch
+                # would warn that the optimizer did not step first, which is the skip itself, not an error.
+                warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"))
+                scheduler.step()
         loss = loss.detach().float()
         pending.append(loss)
         flags = torch.stack([torch.isfinite(loss), all_finite(weights)]).float()

@@ -6,7 +6,7 @@
 - A chapter executed top to bottom on CUDA through the same tool that stores
   the notebooks' outputs.
 
-These have not been run on the machine that wrote them (it has no GPU).
+Last run: passed on an NVIDIA H200, torch 2.11.0+cu130 (``tools/gpu_numbers.sh``).
 """
 
 from __future__ import annotations
