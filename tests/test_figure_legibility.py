@@ -9,6 +9,7 @@ shown at ``size * dpi / 72 * min(1, COLUMN_PX / width_px)`` px.
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -19,10 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.text import Text  # noqa: E402
 
 from esa_tutorial.book import plotting  # noqa: E402
-from esa_tutorial.book.plotting import show_pyramid  # noqa: E402
+from esa_tutorial.book.plotting import show_pyramid, smallest_text  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import draw_figures  # noqa: E402
@@ -30,18 +30,17 @@ import draw_figures  # noqa: E402
 COLUMN_PX = 750
 BODY_PX = 16
 NOTEBOOK_DPI = 100  # the stored notebook figures: 100 px per inch (matplotlib-inline)
-DIAGRAM_DPI = 150  # tools/draw_figures.py
+PHONE_FIGURE_PX = 327  # a figure's width in the column of a 390 px phone (book's browser test)
 
 
-def smallest_text_px(fig: plt.Figure, dpi: float) -> tuple[float, str]:
-    """The smallest text of ``fig`` as a reader sees it in the column, and that text."""
+def smallest_text_px(fig: plt.Figure, dpi: float, column_px: float = COLUMN_PX) -> tuple[float, str]:
+    """The smallest text of ``fig`` as a reader sees it in a column ``column_px`` wide, and that text."""
     fig.set_dpi(dpi)
     fig.canvas.draw()
     width_px = fig.get_tightbbox(fig.canvas.get_renderer()).width * dpi
-    scale = min(1.0, COLUMN_PX / width_px)
-    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
-    smallest = min(texts, key=lambda t: t.get_fontsize())
-    return smallest.get_fontsize() * dpi / 72 * scale, smallest.get_text()
+    scale = min(1.0, column_px / width_px)
+    size, text = smallest_text(fig)
+    return size * dpi / 72 * scale, text
 
 
 def _last_figure() -> plt.Figure:
@@ -78,9 +77,82 @@ def test_chapter_8_pyramid_grids_are_legible():
     assert px >= 0.7 * BODY_PX, f"{text!r} is shown at {px:.1f} px"
 
 
-def test_home_page_figure_1_is_legible():
-    px, text = smallest_text_px(draw_figures.esa_module_figure(), DIAGRAM_DPI)
+@pytest.mark.parametrize("draw", [draw_figures.esa_module_figure, draw_figures.ldnet_overview_figure],
+                         ids=["fig1_esa_module", "fig2_ldnet_overview"])
+def test_the_book_diagrams_are_legible_on_a_phone(draw):
+    """Shrunk to a phone's column, Figs. 1 and 2 still show every label at 70% of the body
+    text (and larger in a desktop column), and no label runs out of its box."""
+    fig = draw()
+    assert draw_figures.labels_fit(fig) == []
+    for column in (PHONE_FIGURE_PX, COLUMN_PX):
+        px, text = smallest_text_px(fig, draw_figures.DPI, column)
+        assert px >= 0.7 * BODY_PX, f"{text!r} is shown at {px:.1f} px in a {column} px column"
+    width_in = fig.get_tightbbox().width
+    assert width_in <= draw_figures.MAX_WIDTH_IN
+
+
+def test_the_measure_fails_the_old_ldnet_diagram_on_a_phone():
+    """The old Fig. 2: 13.5 in wide with 7 pt labels, at 2.8 px in a phone's column."""
+    fig, ax = plt.subplots(figsize=(13.5, 7.6))
+    ax.text(0.5, 0.5, "head updater", fontsize=7)
+    px, _ = smallest_text_px(fig, 150, PHONE_FIGURE_PX)
+    assert px < 0.7 * BODY_PX
+
+
+def _png_text(data: bytes) -> dict[str, str]:
+    from io import BytesIO
+
+    from PIL import Image
+    with Image.open(BytesIO(data)) as png:
+        return dict(png.text)
+
+
+def test_a_helper_figure_records_its_smallest_text_in_the_png_a_notebook_shows():
+    """The PNG IPython makes of a helper's figure (as a notebook shows it, and as the book
+    then serves it) names its smallest text in that PNG's pixels, titles added later too."""
+    from IPython.core.pylabtools import print_figure
+
+    plotting.show_values((np.eye(3), "identity"), (np.ones((3, 2)), "ones"))
+    fig = _last_figure()
+    fig.axes[0].set_title("added by a chapter", fontsize=5)
+    png = print_figure(fig, "png", dpi=100)
+    assert _png_text(png)[plotting.TEXT_RECORD] == f"{5 * 100 / 72:.2f}"
+    saved = io.BytesIO()
+    fig.savefig(saved, format="png", dpi=200, metadata={"Title": "kept"})
+    text = _png_text(saved.getvalue())
+    assert (text[plotting.TEXT_RECORD], text["Title"]) == (f"{5 * 200 / 72:.2f}", "kept")
+
+
+def _runs() -> list[dict]:
+    history = {"eval_step": [10, 20], "val_dice": [0.5, 0.6]}
+    return [{"spec": {"variant": v, "seed": s}, "history": history}
+            for v in ("ESA", "no attention") for s in (0, 1)]
+
+
+WIDE_HELPERS = {  # helpers whose figure once ran past a desktop column with small text
+    "plot_cost": lambda: plotting.plot_cost(
+        [16, 1e4], {"MHSA": [1e6, 1e12], "ESA": [1e6, 1e9]}, {"MHSA": [1e-6, 1.0], "ESA": [1e-6, 1e-3]},
+        stage_n=[196, 784], stage_labels=["e4", "e3"], stage_flops=[1e8, 1e9],
+        stage_gib={"MHSA": [0.01, 0.1]}, crossover=100),
+    "show_grids": lambda: plotting.show_grids([np.random.rand(s, s) for s in (1, 3, 5)],
+                                              ["1x1", "3x3", "5x5"]),
+    "show_bins": lambda: plotting.show_bins((7, 3), (10, 4)),
+    "show_batch": lambda: plotting.show_batch(torch.rand(8, 3, 64, 64), torch.rand(8, 1, 64, 64)),
+    "show_samples": lambda: plotting.show_samples(torch.rand(5, 3, 64, 64), torch.rand(5, 1, 64, 64),
+                                                  [f"image {i}" for i in range(5)]),
+    "plot_curves": lambda: plotting.plot_curves(_runs(), ["ESA", "no attention"]),
+}
+
+
+@pytest.mark.parametrize("name", list(WIDE_HELPERS))
+def test_wide_helper_figures_are_legible_at_full_size_in_a_desktop_column(name):
+    """Legible in the narrowest desktop column, and no wider than it: shown at full size
+    there, and at that size on a phone too, scrolling (book/_static/book.css)."""
+    WIDE_HELPERS[name]()
+    fig = _last_figure()
+    px, text = smallest_text_px(fig, NOTEBOOK_DPI)
     assert px >= 0.7 * BODY_PX, f"{text!r} is shown at {px:.1f} px"
+    assert fig.get_tightbbox().width * NOTEBOOK_DPI <= COLUMN_PX
 
 
 @pytest.mark.parametrize("weight,label", [(0.0, ".00"), (0.05, ".05"), (0.983, ".98"),

@@ -22,6 +22,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from ..bench import BREAKDOWN_PARTS, MODES, Record
 from ..experiments import curves
@@ -30,6 +32,58 @@ from ..validation import check_pooling_sizes
 from .attention_maps import effective_pixel_weights, token_grids
 from ..nn.ppm import adaptive_bins
 
+
+
+# The PNG text chunk in which a saved figure records its smallest text, in pixels of that
+# PNG, so that the book's browser test can tell how large it is as shown
+# (tests/browser/test_layout.py).
+TEXT_RECORD = "esa-tutorial:smallest-text-px"
+
+
+def smallest_text(fig: Figure) -> tuple[float, str]:
+    """The smallest visible text of ``fig``: (its size in points, the text)."""
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    if not texts:
+        raise ValueError("the figure has no visible text to measure")
+    t = min(texts, key=lambda t: t.get_fontsize())
+    return float(t.get_fontsize()), t.get_text()
+
+
+def text_record(fig: Figure, dpi: float) -> dict[str, str]:
+    """PNG metadata for ``fig.savefig(..., dpi=dpi, metadata=...)``: its smallest text in
+    pixels of that PNG, :data:`TEXT_RECORD`."""
+    size, _ = smallest_text(fig)
+    return {TEXT_RECORD: f"{size * dpi / 72:.2f}"}
+
+
+def record_text_size(fig: Figure) -> Figure:
+    """Have every PNG of ``fig`` carry its smallest text (:func:`text_record`), also the one
+    a notebook shows. Returns ``fig``.
+
+    IPython shows a figure by saving it through its canvas's ``print_png``; this figure's
+    canvas gets one that adds the record, measured as the PNG is written (so it includes
+    the titles a chapter adds after the helper returns). Only this figure changes; a
+    canvas without ``print_png`` (not a raster one) is left alone.
+    """
+    canvas = fig.canvas
+    plain = getattr(type(canvas), "print_png", None)
+    if plain is None:
+        return fig
+
+    def print_png(filename_or_obj, *, metadata=None, pil_kwargs=None, **_applied):  # type: ignore[no-untyped-def]
+        # print_figure also passes dpi, facecolor and the like, which it has already
+        # applied to the figure (matplotlib's own print methods drop them too).
+        record = {**text_record(fig, fig.dpi), **(metadata or {})}
+        return plain(canvas, filename_or_obj, metadata=record, pil_kwargs=pil_kwargs)
+
+    canvas.print_png = print_png
+    return fig
+
+
+def _subplots(*args: Any, **kwargs: Any) -> tuple[Figure, Any]:
+    """``plt.subplots`` for the helpers here: the figure records its text size."""
+    fig, axes = plt.subplots(*args, **kwargs)
+    return record_text_size(fig), axes
 
 
 def _np(a: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -57,6 +111,7 @@ def annotated_grid(ax: Axes, values: np.ndarray | torch.Tensor, *, vmin: float =
 def show_image(ax: Axes, image: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor | None = None,
                *, pixel: tuple[int, int] | None = None, title: str = "") -> None:
     """An (H, W, 3) or (3, H, W) image, the mask outlined in white, a query pixel as a star."""
+    record_text_size(ax.figure)
     img = _np(image)
     if img.ndim == 3 and img.shape[0] == 3 and img.shape[-1] != 3:
         img = img.transpose(1, 2, 0)
@@ -69,25 +124,37 @@ def show_image(ax: Axes, image: np.ndarray | torch.Tensor, mask: np.ndarray | to
     ax.axis("off")
 
 
+def _panel_grid(n: int, width: float, height: float, cols: int = 2) -> list[Axes]:
+    """``n`` panels of ``width`` x ``height`` inches, ``cols`` a row; unused places blank."""
+    rows = -(-n // cols)
+    fig, axes = _subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return list(axes.flat[:n])
+
+
 def show_pooled_grids(image: np.ndarray, mask: np.ndarray, pooled: Mapping[int, np.ndarray]) -> None:
-    """The image next to each pooled grid blown up to the image size, the mask outlined on all.
+    """The image and each pooled grid blown up to the image size, two a row, the mask outlined on all.
 
     ``pooled`` maps a grid size s to an (H, W, 3) image of flat s x s blocks.
     """
-    fig, axes = plt.subplots(1, 1 + len(pooled), figsize=(3.2 * (1 + len(pooled)), 3.4))
+    # Two panels a row: the figure keeps each panel's size and stays half as wide, so a
+    # phone shows it at the same size with half the sideways scrolling (book/_static/book.css).
+    axes = _panel_grid(1 + len(pooled), 3.2, 3.4)
     show_image(axes[0], image, mask, title=f"input {image.shape[0]}x{image.shape[1]}")
     for ax, (s, shown) in zip(axes[1:], pooled.items()):
         show_image(ax, shown, mask, title=f"{s}x{s} pooling: {s * s} token{'s' if s > 1 else ''}")
-    fig.tight_layout()
+    axes[0].figure.tight_layout()
 
 
 def show_grids(grids: Sequence[np.ndarray | torch.Tensor], titles: Sequence[str], *,
                vmin: float = 0.0, vmax: float | None = 1.0, cmap: str = "magma",
                fmt: str = "{:.2f}") -> None:
     """Several annotated grids side by side (e.g. the polyp fraction of every pooled cell)."""
-    fig, axes = plt.subplots(1, len(grids), figsize=(3.3 * len(grids), 3.4), squeeze=False)
+    # Values at 9 pt, three grids within a desktop column (tests/test_figure_legibility.py).
+    fig, axes = _subplots(1, len(grids), figsize=(2.5 * len(grids), 2.8), squeeze=False)
     for ax, grid, title in zip(axes[0], grids, titles):
-        annotated_grid(ax, grid, vmin=vmin, vmax=vmax, cmap=cmap, fmt=fmt, fontsize=8)
+        annotated_grid(ax, grid, vmin=vmin, vmax=vmax, cmap=cmap, fmt=fmt, fontsize=9)
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
 
@@ -95,7 +162,7 @@ def show_grids(grids: Sequence[np.ndarray | torch.Tensor], titles: Sequence[str]
 def show_tokens(tokens: np.ndarray | torch.Tensor, sizes: Sequence[int] = (1, 3, 5)) -> None:
     """(C=3, n) colour tokens as a strip of colours, with a line between the grids."""
     t = _np(tokens)
-    fig, ax = plt.subplots(figsize=(10, 1.3))
+    fig, ax = _subplots(figsize=(10, 1.3))
     ax.imshow(t.T[None].clip(0, 1), aspect="auto")
     for edge in np.cumsum([s * s for s in sizes])[:-1]:
         ax.axvline(edge - 0.5, color="white", lw=2)
@@ -109,7 +176,7 @@ def _draw_bins(ax: Axes, length: int, bins: int) -> None:
     counts = np.zeros(length, dtype=int)
     for i, (a, b) in enumerate(adaptive_bins(length, bins)):
         ax.barh(i, b - a, left=a - 0.5, height=0.6, color=f"C{i % 10}", alpha=0.8)
-        ax.text((a + b - 1) / 2, i, f"[{a}, {b})", ha="center", va="center", fontsize=8, color="white")
+        ax.text((a + b - 1) / 2, i, f"[{a}, {b})", ha="center", va="center", fontsize=9, color="white")
         counts[a:b] += 1
     for p in np.flatnonzero(counts > 1):  # pixels that belong to two bins are shaded
         ax.axvspan(p - 0.5, p + 0.5, color="grey", alpha=0.15)
@@ -121,10 +188,11 @@ def _draw_bins(ax: Axes, length: int, bins: int) -> None:
 def show_bins(*cases: tuple[int, int]) -> None:
     """One panel per (length, bins): a bar per adaptive-pooling bin over the pixels it averages.
 
-    Pixels shared by two bins are shaded grey.
+    Pixels shared by two bins are shaded grey. One panel under the other: the figure
+    stays one panel wide, legible in a desktop column and on a phone.
     """
-    fig, axes = plt.subplots(1, len(cases), figsize=(5.5 * len(cases), 2.8), squeeze=False)
-    for ax, (length, bins) in zip(axes[0], cases):
+    fig, axes = _subplots(len(cases), 1, figsize=(5.5, 2.8 * len(cases)), squeeze=False)
+    for ax, (length, bins) in zip(axes[:, 0], cases):
         _draw_bins(ax, length, bins)
     fig.tight_layout()
 
@@ -136,7 +204,7 @@ def show_values(*panels: tuple[np.ndarray | torch.Tensor, str], vmin: float | No
     lo = min(float(a.min()) for a in arrays) if vmin is None else vmin
     hi = max(float(a.max()) for a in arrays) if vmax is None else vmax
     widths = [a.shape[1] for a in arrays]
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.3 * sum(widths), 3),
+    fig, axes = _subplots(1, len(panels), figsize=(1.3 * sum(widths), 3),
                              gridspec_kw={"width_ratios": widths}, squeeze=False)
     for ax, a, (_, title) in zip(axes[0], arrays, panels):
         annotated_grid(ax, a, vmin=lo, vmax=hi, fmt=fmt, fontsize=9)
@@ -152,7 +220,7 @@ def show_attention_row(image: np.ndarray, mask: np.ndarray | None, pixel: tuple[
     pixel of the map, on the same grid (the row has H*W entries summing to one).
     """
     w = _np(weights)
-    fig, axes = plt.subplots(1, 2, figsize=(7.4, 3.4))
+    fig, axes = _subplots(1, 2, figsize=(7.4, 3.4))
     show_image(axes[0], image, mask, pixel=pixel, title="query pixel (star)")
     im = axes[1].imshow(w, cmap="viridis")
     axes[1].plot(pixel[1], pixel[0], "c*", ms=13, mec="k")
@@ -176,7 +244,7 @@ def show_token_attention(image: np.ndarray, mask: np.ndarray | None,
     lines = [(name, pixel, h, w) for name, (pixel, weights) in rows.items()
              for h, w in enumerate(weights)]
     ratios = [1.3] + [1.0] * len(sizes)
-    fig, axes = plt.subplots(len(lines), 1 + len(sizes), figsize=(1.6 * sum(ratios), 1.75 * len(lines)),
+    fig, axes = _subplots(len(lines), 1 + len(sizes), figsize=(1.6 * sum(ratios), 1.75 * len(lines)),
                              gridspec_kw={"width_ratios": ratios}, squeeze=False)
     for r, (name, pixel, h, w) in enumerate(lines):
         show_image(axes[r, 0], image, mask, pixel=pixel, title=name)
@@ -196,15 +264,16 @@ def plot_cost(ns: Sequence[int], flops: Mapping[str, Sequence[float]],
               crossover: float | None = None, styles: Mapping[str, str] | None = None,
               flops_ylabel: str = "FLOPs per image (C = 64)",
               memory_title: str = "attention matrix (float32, 8 heads)") -> None:
-    """FLOPs (left) and attention memory (right) against the number of pixels, log-log.
+    """FLOPs (top) and attention memory (below) against the number of pixels, log-log.
 
     ``flops`` and ``memory_gib`` map a curve's name to its values at ``ns``. Optional
     markers: LDNet's stages at ``stage_n`` (FLOPs ``stage_flops`` per image, memory
     ``stage_gib`` per curve name, labelled with ``stage_labels``), and a dotted
-    vertical line at ``crossover``.
+    vertical line at ``crossover``. One panel under the other, text at 9 pt or more: one
+    panel wide, the figure is shown at full size in a desktop column.
     """
     styles = dict(styles or {})
-    fig, (ax_f, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_f, ax_m) = _subplots(2, 1, figsize=(5.8, 8.2))
     for i, (name, ys) in enumerate(flops.items()):
         ax_f.loglog(ns, ys, styles.get(name, f"C{i}-"), lw=2, label=name)
     if crossover is not None:
@@ -219,31 +288,35 @@ def plot_cost(ns: Sequence[int], flops: Mapping[str, Sequence[float]],
         if i == len(stage_gib) - 1:  # label the last set of markers only, so labels never overlap
             for label, n, g in zip(stage_labels, stage_n, gib):
                 ax_m.annotate(f"{label}\n{g:.3g} GiB", (n, g), textcoords="offset points",
-                              xytext=(8, -22), fontsize=8)
+                              xytext=(8, -24), fontsize=9)
     ax_m.set(xlabel="pixels N = H·W", ylabel="GiB", title=memory_title)
     ax_m.set_xlim(right=4e4)
-    ax_f.legend(fontsize=8)
-    ax_m.legend(loc="upper left", fontsize=8)
+    ax_f.legend(fontsize=9)
+    ax_m.legend(loc="upper left", fontsize=9)
     fig.tight_layout()
 
 
 def show_batch(images: torch.Tensor, masks: torch.Tensor) -> None:
-    """(B, 3, H, W) images above their (B, 1, H, W) masks, one column per image."""
-    n = images.shape[0]
-    fig, axes = plt.subplots(2, n, figsize=(1.5 * n, 3.2), squeeze=False)
-    for i in range(n):
-        axes[0, i].imshow(_np(images[i]).transpose(1, 2, 0).clip(0, 1))
-        axes[1, i].imshow(_np(masks[i, 0]), cmap="gray", vmin=0, vmax=1)
+    """(B, 3, H, W) images above their (B, 1, H, W) masks, four images a row."""
+    n, cols = images.shape[0], min(4, images.shape[0])
+    pairs = -(-n // cols)
+    fig, axes = _subplots(2 * pairs, cols, figsize=(1.5 * cols, 1.6 * 2 * pairs), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    axes[0, 0].set_title("image", loc="left")
-    axes[1, 0].set_title("mask", loc="left")
+    for i in range(n):
+        r, c = divmod(i, cols)
+        axes[2 * r, c].imshow(_np(images[i]).transpose(1, 2, 0).clip(0, 1))
+        axes[2 * r + 1, c].imshow(_np(masks[i, 0]), cmap="gray", vmin=0, vmax=1)
+    for r in range(pairs):
+        axes[2 * r, 0].set_title(f"image {r * cols}..{min(n, (r + 1) * cols) - 1}", loc="left",
+                                 fontsize=10)
+        axes[2 * r + 1, 0].set_title("mask", loc="left", fontsize=10)
     fig.tight_layout()
 
 
 def plot_curve(values: Sequence[float], *, xlabel: str, ylabel: str, title: str) -> None:
     """One curve, e.g. a learning-rate schedule."""
-    fig, ax = plt.subplots(figsize=(4, 2.5))
+    fig, ax = _subplots(figsize=(4, 2.5))
     ax.plot(values)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     fig.tight_layout()
@@ -255,7 +328,7 @@ def plot_history(history: Mapping[str, Sequence[float]], best_epoch: int | None 
     Left: the loss of every training step and the validation loss after each epoch (drawn
     at the epoch's last step). Right: validation Dice and mean IoU per epoch.
     """
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.2))
+    fig, (ax1, ax2) = _subplots(1, 2, figsize=(10, 3.2))
     ax1.plot(history["step_loss"], lw=0.8, label="training step")
     per_epoch = len(history["step_loss"]) // len(history["epoch"])
     ax1.plot([e * per_epoch - 1 for e in history["epoch"]], history["val_loss"], "o-",
@@ -278,7 +351,7 @@ def show_predictions(images: torch.Tensor, masks: torch.Tensor, probs: torch.Ten
     ``images`` (B, 3, H, W), ``masks`` and ``probs`` (B, 1, H, W), ``scores`` (B,) (e.g. Dice).
     """
     cols = max(len(idx) for idx in groups.values())
-    fig, axes = plt.subplots(len(groups), cols, figsize=(2.7 * cols, 2.8 * len(groups)),
+    fig, axes = _subplots(len(groups), cols, figsize=(2.7 * cols, 2.8 * len(groups)),
                              squeeze=False)
     for r, (name, idx) in enumerate(groups.items()):
         for ax, i in zip(axes[r], idx):
@@ -305,7 +378,7 @@ def show_truth_and_prediction(images: torch.Tensor, masks: torch.Tensor, probs: 
                          f"titles; got {tuple(images.shape)}, {tuple(masks.shape)}, {tuple(probs.shape)} "
                          f"and {len(titles)} titles")
     side = min(1.9, 7.0 / n)  # the whole figure fits the book's column, text legible
-    fig, axes = plt.subplots(3, n, figsize=(side * n, 3.1 * side), squeeze=False)
+    fig, axes = _subplots(3, n, figsize=(side * n, 3.1 * side), squeeze=False)
     for i in range(n):
         axes[0, i].imshow(_np(images[i]).transpose(1, 2, 0).clip(0, 1))
         axes[0, i].set_title(titles[i], fontsize=10)
@@ -340,7 +413,7 @@ def show_attention_on_image(image: torch.Tensor, mask: torch.Tensor, maps: torch
                          f"got {len(row_titles)} and {len(col_titles)}")
     rows, cols = m.shape[:2]
     side = min(2.3, 6.6 / cols)  # the whole figure fits the book's column, text legible
-    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 0.9, side * rows), squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(side * cols + 0.9, side * rows), squeeze=False)
     picture = _np(image).transpose(1, 2, 0).clip(0, 1)
     vmax = float(m.max())
     for r, (y, x) in enumerate(pixels):
@@ -364,7 +437,8 @@ def show_outputs(image: torch.Tensor, mask: torch.Tensor, outputs: Sequence[torc
     ``image`` (3, H, W), ``mask`` (1, H, W); ``outputs`` are (1, h, w) logits, finest first,
     as LDNet returns them.
     """
-    fig, axes = plt.subplots(1, 1 + len(outputs), figsize=(2.2 * (1 + len(outputs)), 2.4))
+    axes = _panel_grid(1 + len(outputs), 2.2, 2.4, cols=3)  # three a row: half as wide
+    fig = axes[0].figure
     axes[0].imshow(_np(image).transpose(1, 2, 0).clip(0, 1))
     axes[0].contour(_np(mask[0]), levels=[0.5], colors="lime")
     axes[0].set_title("image + truth", fontsize=9)
@@ -382,7 +456,7 @@ def show_outputs(image: torch.Tensor, mask: torch.Tensor, outputs: Sequence[torc
 def scatter(x: Sequence[float] | torch.Tensor, y: Sequence[float] | torch.Tensor, *,
             xlabel: str, ylabel: str, title: str = "", logx: bool = False) -> None:
     """A plain scatter plot, e.g. per-image Dice against lesion area."""
-    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    fig, ax = _subplots(figsize=(4.2, 3.2))
     ax.scatter(_np(torch.as_tensor(x)), _np(torch.as_tensor(y)), s=14, alpha=0.7)
     if logx:
         ax.set_xscale("log")
@@ -397,7 +471,8 @@ def show_mask_pooling(image: torch.Tensor, mask: np.ndarray, weights: torch.Tens
     ``image`` (3, H, W) with its exact ``mask`` (H, W) outlined; ``weights`` (H, W) in
     [0, 1]; ``colours`` maps a label to an RGB vector (3,), drawn one swatch per row.
     """
-    fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
+    axes = _panel_grid(4, 3.0, 3.2)  # two a row, as show_pooled_grids
+    fig = axes[0].figure
     show_image(axes[0], image, mask, title="frame, exact polyp outlined")
     axes[1].imshow(_np(weights), cmap="gray", vmin=0, vmax=1)
     axes[1].set_title(r"weights $m = \sigma(\ell)$", fontsize=9)
@@ -428,7 +503,7 @@ def show_heatmaps(
     if m.ndim != 4:
         raise ValueError(f"show_heatmaps expects (rows, cols, h, w), got shape {m.shape}")
     rows, cols = m.shape[:2]
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 0.8, size * rows), squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(size * cols + 0.8, size * rows), squeeze=False)
     vmax = float(m.max())
     for r in range(rows):
         for c in range(cols):
@@ -474,7 +549,7 @@ def show_pyramid(
     sizes = check_pooling_sizes(pooling_sizes)
     heads = weights.shape[0]
     w = weights.detach().cpu().double()
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         # About 7.5 in across: a book column shows it at full size, weights at 8.5 pt.
         heads, 1 + len(sizes), figsize=(1.7 * (1.4 + len(sizes)), 1.75 * heads), squeeze=False,
         gridspec_kw={"width_ratios": [1.4] + [1] * len(sizes)},
@@ -519,21 +594,23 @@ def plot_curves(
     title: str | None = None,
 ) -> plt.Axes:
     """Mean over seeds (line) and min-max over seeds (band) of ``key`` against the training step."""
-    ax = ax or plt.subplots(figsize=(5.5, 3.4))[1]
+    ax = ax or _subplots(figsize=(5.5, 3.4))[1]
+    record_text_size(ax.figure)
     for v in variants:
         steps, ys = curves(runs, v, key)
         colour = COLOURS.get(v)
         ax.plot(steps, ys.mean(0), "o-", ms=3, color=colour, label=f"{v} ({len(ys)} seeds)")
         ax.fill_between(steps, ys.min(0), ys.max(0), color=colour, alpha=0.2)
     ax.set(xlabel="training step", ylabel=key.replace("_", " "), title=title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     return ax
 
 
 def show_samples(images: torch.Tensor, masks: torch.Tensor, titles: Sequence[str] | None = None) -> plt.Figure:
     """Images (n, 3, H, W) with their masks outlined in white, side by side."""
     n = len(images)
-    fig, axes = plt.subplots(1, n, figsize=(2.3 * n, 2.5), squeeze=False)
+    # 1.5 in a panel: five across still fit a desktop column at full size, titles at 9 pt.
+    fig, axes = _subplots(1, n, figsize=(1.5 * n, 1.9), squeeze=False)
     for i, ax in enumerate(axes[0]):
         ax.imshow(images[i].permute(1, 2, 0).numpy())
         ax.contour(masks[i, 0].numpy(), levels=[0.5], colors="white", linewidths=1.0)
@@ -550,7 +627,8 @@ def plot_breakdown(breakdown: dict[str, float], ax=None):  # type: ignore[no-unt
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(8, 1.8))
+        _, ax = _subplots(figsize=(8, 1.8))
+    record_text_size(ax.figure)
     left = 0.0
     for part in BREAKDOWN_PARTS:
         ms = max(0.0, 1e3 * breakdown[part])
@@ -568,7 +646,8 @@ def plot_shares(rows: Sequence[dict[str, object]], ax=None):  # type: ignore[no-
 
     rows = [r for r in rows if "share_of_matmul" in r and "share_ceiling" in r]
     if ax is None:
-        _, ax = plt.subplots(figsize=(8, 3))
+        _, ax = _subplots(figsize=(8, 3))
+    record_text_size(ax.figure)
     at = range(len(rows))
     ax.bar([i - 0.2 for i in at], [100 * float(r["share_ceiling"]) for r in rows], width=0.4, color="0.8",
            label="ceiling: every counted FLOP at the matmul rate")
@@ -591,7 +670,7 @@ def plot_times(records: Sequence[Record], out_dir: Path) -> list[Path]:
 
     shapes = list(dict.fromkeys(r.shape for r in records))
     variants = list(dict.fromkeys(r.variant for r in records))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, axes = _subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, mode in zip(axes, MODES):
         width = 0.8 / len(variants)
         for i, v in enumerate(variants):
@@ -640,7 +719,7 @@ def show_far_pixel(
         raise ValueError(f"show_far_pixel needs one row title and one prediction per map ({n} maps), got "
                          f"{len(row_titles)} titles and {[len(p) for p in predictions.values()]} predictions")
     cols = 2 + len(names)
-    fig, axes = plt.subplots(n, cols, figsize=(1.75 * cols, 1.95 * n), squeeze=False)
+    fig, axes = _subplots(n, cols, figsize=(1.75 * cols, 1.95 * n), squeeze=False)
     for i, s in enumerate(samples):
         size = s.bits.shape[0]
         ax = axes[i, 0]

@@ -4,10 +4,12 @@
   table) scrolls sideways or runs past the column, collapsed cells opened as a
   reader would open them (book/_static/book.css makes the room).
 * Phone, 390 px wide: the page itself never scrolls sideways, no printed output is
-  cut (outputs wrap) and no figure is wider than the column. Code cells and tables
-  may scroll inside their own box there: Python's indentation is its syntax, so
-  code lines are not wrapped, and a seven-column table does not fit 390 px at a
-  readable size.
+  cut (outputs wrap) and no figure runs past the column unless it sits in a box that
+  scrolls. Code cells, tables and a notebook's wide figure may scroll inside their
+  own box there: Python's indentation is its syntax, so code lines are not wrapped, a
+  seven-column table does not fit 390 px at a readable size, and a figure shrunk to
+  the screen would show its text at a few pixels.
+* Figures: no text smaller than 70% of the body text as shown, at both widths.
 * No output or paragraph shows a Markdown table as text (``|---|---|``), and no
   inline formula can be parted from the ")" after it by a line break.
 * axe-core 4 with the WCAG 2 A and AA rules finds no violation. axe-core is
@@ -20,17 +22,24 @@ with one fault of each kind, so that a check that stopped working cannot pass.
 
 from __future__ import annotations
 
+import base64
+import io
 import re
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
+from PIL import Image
 
-from book_site import all_pages
+from book_site import SITE, all_pages
+from esa_tutorial.book.plotting import TEXT_RECORD
 
 DESKTOP = (1200, 900)
 PHONE = (390, 844)
 AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 AXE_TAGS = ["wcag2a", "wcag2aa"]
+# No text in a figure smaller than this share of the body text, as the figure is shown.
+LEGIBLE = 0.7
 
 # A Markdown table's rule line: |---|---| (with optional colons and outer pipes), also as
 # Markdown rendered as a paragraph shows it, with "---" turned into an em dash.
@@ -65,6 +74,7 @@ function measure() {
     const block = !style.display.startsWith('inline') || e.matches('mjx-container[display="true"]');
     if (clips && block && e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1) {
       cut.push({html: describe(e), output: !!e.closest('.cell_output'), table: !!e.querySelector('table'),
+                figure: !!e.querySelector('img'),
                 code: !!e.closest('.cell_input, div[class*="highlight-"]:not(.output)')});
     } else if (e.getBoundingClientRect().right > edge && !e.parentElement.closest(
         '[style*="overflow"], pre, .highlight, mjx-container, .table-wrapper')) {
@@ -73,15 +83,28 @@ function measure() {
   }
   article.querySelectorAll('.cell_output').forEach(o => outputs.push(o.textContent));
   article.querySelectorAll('p, li').forEach(p => outputs.push(p.textContent));
+  // Figures: how wide each is shown against its own pixels (tells how large its text is
+  // shown), and whether one wider than the column sits in a box that scrolls sideways.
+  const figures = [];
   article.querySelectorAll('img').forEach(i => {
-    if (i.getBoundingClientRect().right > edge) images.push(i.getAttribute('src'));
+    const box = i.getBoundingClientRect();
+    let boxed = false;
+    for (let a = i.parentElement; a && a !== article; a = a.parentElement) {
+      if (['auto', 'scroll'].includes(getComputedStyle(a).overflowX)
+          && a.getBoundingClientRect().right <= edge) { boxed = true; break; }
+    }
+    if (box.right > edge && !boxed) images.push(i.getAttribute('src'));
+    if (i.naturalWidth > 0 && /\.(png|jpe?g)$|^data:image\/png/i.test(i.getAttribute('src')))
+      figures.push({src: i.currentSrc || i.src, natural: i.naturalWidth, shown: box.width,
+                    output: !!i.closest('.cell_output')});
   });
+  const body = parseFloat(getComputedStyle(article.querySelector('p') || article).fontSize);
   // An inline formula with ")" or punctuation after it that a line break may separate.
   const loose = [...article.querySelectorAll('span.math')].filter(m =>
     !m.closest('.math-glued') && m.nextSibling && m.nextSibling.nodeType === Node.TEXT_NODE
     && /^[)\].,;:]/.test(m.nextSibling.textContent)).map(m => m.textContent + m.nextSibling.textContent.slice(0, 10));
   const page = document.documentElement;
-  done({cut, past, outputs, images, loose, page_scroll: page.scrollWidth, page_width: page.clientWidth});
+  done({cut, past, outputs, images, figures, body, loose, page_scroll: page.scrollWidth, page_width: page.clientWidth});
 }
 if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
   MathJax.startup.promise.then(measure, measure);
@@ -142,6 +165,30 @@ def layout(window, base_url):
     return get
 
 
+def recorded_text_px(src: str) -> float | None:
+    """The smallest text of a PNG in its own pixels, as recorded when it was saved
+    (``esa_tutorial.book.plotting.text_record``); None if the PNG has no record."""
+    if src.startswith("data:"):
+        data = io.BytesIO(base64.b64decode(src.split(",", 1)[1]))
+    else:
+        data = SITE / unquote(urlsplit(src).path).lstrip("/")
+    with Image.open(data) as png:
+        value = getattr(png, "text", {}).get(TEXT_RECORD)
+    return None if value is None else float(value)
+
+
+def illegible_figures(report: dict) -> list[str]:
+    """Figures with a record whose smallest text is shown below ``LEGIBLE`` of the body text."""
+    small = []
+    for f in report["figures"]:
+        px = recorded_text_px(f["src"])
+        if px is not None and px * f["shown"] / f["natural"] < LEGIBLE * report["body"]:
+            small.append(f"{f['src'].rsplit('/', 1)[-1][:40]}: smallest text {px:.1f} px in a "
+                         f"{f['natural']} px image shown {f['shown']:.0f} px wide = "
+                         f"{px * f['shown'] / f['natural']:.1f} px, body text {report['body']:g} px")
+    return small
+
+
 def raw_markdown_tables(report: dict) -> list[str]:
     """The texts (outputs, paragraphs) that show a Markdown table's rule line."""
     return [text[:120] for text in report["outputs"] if MARKDOWN_RULE.search(text)]
@@ -179,9 +226,37 @@ def test_a_phone_sees_every_output_and_figure(layout, page):
     assert report["page_scroll"] <= report["page_width"], (
         f"{page}: at {PHONE[0]} px the page scrolls sideways ({report['page_scroll']} px wide):\n"
         + "\n".join(report["past"][:10]))
-    cut = [c["html"] for c in report["cut"] if c["output"] and not c["table"]]
+    cut = [c["html"] for c in report["cut"] if c["output"] and not c["table"] and not c["figure"]]
     assert not cut, f"{page}: outputs cut at {PHONE[0]} px:\n" + "\n".join(cut[:10])
     assert not report["images"], f"{page}: figures wider than the column: {report['images']}"
+
+
+@pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["desktop", "phone"])
+@pytest.mark.parametrize("page", all_pages())
+def test_figures_are_legible(layout, page, size):
+    """No figure text below 70% of the body text, as shown at a 1200 px window and on a phone.
+
+    A figure records its smallest text in its PNG when it is saved: the book's diagrams
+    (tools/draw_figures.py) and every figure of the plotting helpers, also as a notebook
+    shows it (``esa_tutorial.book.plotting.record_text_size``). The check reads the record
+    and scales it by the width the figure is shown at. A figure a chapter draws with its
+    own code carries none: on a phone it must be shown no smaller than on the desktop.
+    """
+    report = layout(page, size)
+    small = illegible_figures(report)
+    assert not small, f"{page} at {size[0]} px: figure text too small:\n" + "\n".join(small)
+    unrecorded = [f["src"] for f in report["figures"]  # the book's figures (not the theme's icons)
+                  if not f["output"] and "/_images/" in f["src"] and recorded_text_px(f["src"]) is None]
+    assert not unrecorded, (f"{page}: figures without a record of their smallest text "
+                            f"(save them with text_record, as tools/draw_figures.py does): {unrecorded}")
+    if size == PHONE:
+        desktop = {f["src"]: f["shown"] for f in layout(page, DESKTOP)["figures"]}
+        shrunk = [f"{f['src'].rsplit('/', 1)[-1][:40]}: {f['shown']:.0f} px, "
+                  f"{desktop[f['src']]:.0f} px at {DESKTOP[0]}"
+                  for f in report["figures"] if f["output"] and recorded_text_px(f["src"]) is None
+                  and f["shown"] < desktop.get(f["src"], 0) - 1]
+        assert not shrunk, (f"{page}: notebook figures shown smaller on a phone than on the "
+                            "desktop (book/_static/book.css):\n" + "\n".join(shrunk))
 
 
 FAULTS = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>faults</title></head><body><main>
@@ -194,16 +269,30 @@ FAULTS = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>fa
 |—|—|</p>
 <img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" width="1" height="1">
 <p>(<span class="math">x</span>) loose</p>
+<p>A figure.</p><img src="{figure}" alt="a figure" style="width: 50px">
 </article></main></body></html>"""
+
+
+def _recorded_png(width: int, text_px: float) -> str:
+    """A blank PNG ``width`` pixels wide that records its smallest text as ``text_px``."""
+    from PIL.PngImagePlugin import PngInfo
+    info = PngInfo()
+    info.add_text(TEXT_RECORD, f"{text_px:g}")
+    out = io.BytesIO()
+    Image.new("RGB", (width, 20), "white").save(out, "png", pnginfo=info)
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
 
 
 def test_the_checks_find_what_they_look_for(window):
     """One cut code block, one raw table, one image without alt text, one formula whose ")"
-    may wrap alone: each is reported."""
+    may wrap alone, one figure whose 10 px text is shown at 2.5 px: each is reported."""
     from urllib.parse import quote
-    report = window(DESKTOP, "data:text/html," + quote(FAULTS.format(long="x = 1  # " + "y" * 200)),
-                    axe=True)
+    page = FAULTS.format(long="x = 1  # " + "y" * 200, figure=_recorded_png(200, 10))
+    report = window(DESKTOP, "data:text/html," + quote(page), axe=True)
     assert [c["code"] for c in report["cut"]] == [True]
     assert raw_markdown_tables(report) == ["| a | b |\n|---|---|\n| 1 | 2 |", "| c | d |\n|\u2014|\u2014|"]
     assert "image-alt" in {v["id"] for v in report["axe"]}
     assert report["loose"] == ["x) loose"]
+    assert report["body"] > 0 and [f["shown"] for f in report["figures"]] == [50]
+    assert [s.split(" = ")[-1] for s in illegible_figures(report)] == [
+        f"2.5 px, body text {report['body']:g} px"]
