@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m esa_tutorial.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="batch 2, one round. Measured on a 2-core CPU shared with other jobs: "
-                             "6 s at load 4, 64 s at load 9")
+                        help="batch 2, one round. Measured on a 2-core CPU: 7 s when quiet (load "
+                             "average 1.2), 64 s when shared with other jobs (load average 9)")
     parser.add_argument("--shape", nargs=4, type=_positive_int, action="append", metavar=("B", "C", "H", "W"),
                         help="benchmark this shape instead (repeatable)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
