@@ -140,3 +140,35 @@ def test_show_far_pixel_draws_input_label_and_each_thresholded_prediction():
     assert len(fig.axes[0].patches) == 1 + 2 + 1 and edges[-1] == matplotlib.colors.to_rgb("orange")
     with pytest.raises(ValueError, match=r"one prediction per map \(2 maps\), got 2 titles and \[1\]"):
         plotting.show_far_pixel([s, twin], {"x": truth[:1]}, ["a", "b"])
+
+
+def test_plot_gradient_norms_draws_one_log_line_per_wiring():
+    norms = {"ldnet": [1.0, 0.5, 0.25], "post-norm": [4.0, 2.0, 1.0]}
+    assert plotting.plot_gradient_norms(norms, "gradients") is None
+    (ax,) = _only_figure().axes
+    assert ax.get_yscale() == "log" and ax.get_title() == "gradients"
+    assert [tuple(line.get_ydata()) for line in ax.lines] == [(1.0, 0.5, 0.25), (4.0, 2.0, 1.0)]
+    assert [tuple(line.get_xdata()) for line in ax.lines] == [(1, 2, 3)] * 2  # block 1 nearest the input
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ldnet", "post-norm"]
+
+
+def test_show_lesion_attention_shows_the_mask_and_the_weights_with_a_scale():
+    mask, weights = torch.rand(6, 5), torch.rand(6, 5) / 10
+    assert plotting.show_lesion_attention(mask, weights) is None
+    fig = _only_figure()
+    left, right, colorbar = fig.axes
+    np.testing.assert_array_equal(left.images[0].get_array(), mask.numpy())
+    np.testing.assert_array_equal(right.images[0].get_array(), weights.numpy())
+    assert left.images[0].get_clim() == (0, 1) and colorbar.get_label() == "<colorbar>"
+
+
+def test_plot_scaling_puts_time_over_memory_per_variant():
+    ns = {"a": [64, 256], "b": [64, 256, 1024]}
+    ms = {"a": [1.0, 4.0], "b": [0.5, 1.0, 2.0]}
+    mib = {"a": [2.0, 8.0], "b": [1.0, 1.0, 1.0]}
+    assert plotting.plot_scaling(ns, ms, mib, title="time") is None
+    top, bottom = _only_figure().axes
+    assert top.get_title() == "time" and bottom.get_title() == "memory for training"
+    assert [tuple(line.get_ydata()) for line in top.lines] == [(1.0, 4.0), (0.5, 1.0, 2.0)]
+    assert [tuple(line.get_ydata()) for line in bottom.lines] == [(2.0, 8.0), (1.0, 1.0, 1.0)]
+    assert top.get_xscale() == top.get_yscale() == "log"

@@ -314,6 +314,45 @@ def show_batch(images: torch.Tensor, masks: torch.Tensor) -> None:
     fig.tight_layout()
 
 
+def plot_gradient_norms(norms: Mapping[str, Sequence[float]], title: str) -> None:
+    """Gradient norm per block (block 1 nearest the input), one log-scale line per wiring."""
+    fig, ax = _subplots(figsize=(5.5, 3.4))
+    for name, values in norms.items():
+        ax.semilogy(range(1, len(values) + 1), values, marker="o", label=name)
+    ax.set(xlabel="block (1 = nearest the input)", ylabel="gradient norm of FFN weight", title=title)
+    ax.legend()
+    fig.tight_layout()
+
+
+def show_lesion_attention(mask_probs: torch.Tensor, weights: torch.Tensor) -> None:
+    """LCA's lesion weights (H, W) beside one head's attention weight on the lesion token (H, W)."""
+    fig, axes = _subplots(1, 2, figsize=(6.4, 3.2))
+    axes[0].imshow(_np(mask_probs), cmap="gray", vmin=0, vmax=1)
+    axes[0].set_title("lesion weights (mask)")
+    image = axes[1].imshow(_np(weights), cmap="viridis")
+    axes[1].set_title("weight on lesion token")
+    fig.colorbar(image, ax=axes[1], fraction=0.046)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+
+
+def plot_scaling(ns: Mapping[str, Sequence[int]], ms: Mapping[str, Sequence[float]],
+                 mib: Mapping[str, Sequence[float]], title: str) -> None:
+    """Forward time (top) and memory saved for backward (below) against pixels, log-log.
+
+    Each mapping goes from a variant's name to its values at that variant's ``ns``.
+    """
+    fig, (ax_t, ax_m) = _subplots(2, 1, figsize=(5.8, 7.2))
+    for name in ns:
+        ax_t.loglog(ns[name], ms[name], "o-", label=name)
+        ax_m.loglog(ns[name], mib[name], "o-", label=name)
+    ax_t.set(xlabel="pixels N = H·W", ylabel="forward time (ms)", title=title)
+    ax_m.set(xlabel="pixels N = H·W", ylabel="MiB saved for backward", title="memory for training")
+    ax_t.legend()
+    fig.tight_layout()
+
+
 def plot_curve(values: Sequence[float], *, xlabel: str, ylabel: str, title: str) -> None:
     """One curve, e.g. a learning-rate schedule."""
     fig, ax = _subplots(figsize=(4, 2.5))
