@@ -405,13 +405,12 @@ def ldnet_training_step(impl: Literal["folded", "reference"], batch: int = 16, s
     """
     from ..nn.ldnet import LDNet  # LDNet pulls in the whole network; only this function needs it
     from ..train.fitting import fit
+    from ..train.loop import check_device
     from ..train.losses import deep_supervision_loss
 
     if model not in LDNET_MODELS:
         raise ValueError(f"model must be one of {LDNET_MODELS}, got {model!r}")
-    device = torch.device(device)
-    if amp is not None and device.type != "cuda":
-        raise ValueError(f"amp={amp!r} (mixed precision) needs a CUDA device, got {device.type!r}")
+    device = check_device(device, amp)  # the training command's rule: amp needs CUDA
     build = LDNet.full if model == "full" else LDNet.paper_sized
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(0)  # the CPU generator only, restored by fork_rng

@@ -127,13 +127,8 @@ def forward_side_by_side(checkout: PathLike, size: int = 224, batch: int = 1, de
         diff = max(float((e - torch.sigmoid(g)).abs().max()) for e, g in zip(expected, got, strict=True))
         if not math.isfinite(diff):
             raise RuntimeError(f"the two networks' outputs are not finite (largest difference {diff})")
-
-        def run(net: nn.Module) -> None:
-            net(x)
-
-        timed: list[dict[str, float]] = []
-        for _ in range(rounds):
-            timed.append({name: time_call(lambda net=net: run(net), min_run_time, device)
-                          for name, net in (("ldnet", theirs), ("package", ours))})
+        timed = [{name: time_call(lambda net=net: net(x), min_run_time, device)
+                  for name, net in (("ldnet", theirs), ("package", ours))}
+                 for _ in range(rounds)]
     best = {name: min(r[name] for r in timed) for name in ("ldnet", "package")}
     return SideBySide(best, diff, tuple(x.shape), timed)

@@ -34,7 +34,7 @@ import re
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -95,6 +95,14 @@ def autocast_context(device: torch.device, amp: str | None) -> contextlib.Abstra
     if amp is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=AMP_TORCH_DTYPES[amp])
+
+
+@contextlib.contextmanager
+def _quiet_first_schedule_step() -> Iterator[None]:
+    """Hide torch's "lr_scheduler.step() before optimizer.step()" warning (see :func:`fit`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"))
+        yield
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -176,10 +184,12 @@ def fit(
         else:
             optimizer.step()
         if scheduler is not None:
-            with warnings.catch_warnings():
-                # The schedule advances on a step the fp16 scaler skipped, as torch's AMP recipe does; torch
-                # would warn that the optimizer did not step first, which is the skip itself, not an error.
-                warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"))
+            # The schedule advances on a step the fp16 scaler skipped, as torch's AMP recipe does. torch warns,
+            # on a scheduler's first step only, when the optimizer did not step first: that is the skip itself,
+            # not an error. The filter is set for that first step alone: leaving catch_warnings resets
+            # Python's record of warnings already shown, so doing it every step would print a warning
+            # that the model raises once per place (Python's default) again at every step.
+            with _quiet_first_schedule_step() if scaling and step_in_call == 0 else contextlib.nullcontext():
                 scheduler.step()
         loss = loss.detach().float()
         pending.append(loss)
