@@ -188,4 +188,7 @@ def main(argv: Sequence[str] | None = None) -> list[Record]:
 
 
 if __name__ == "__main__":
+    import matplotlib
+
+    matplotlib.use("Agg")  # the command only writes files: no window, whatever the desktop offers
     main()

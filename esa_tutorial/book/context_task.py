@@ -35,7 +35,7 @@ from ..nn.blocks import FeedForward, PreNorm
 from ..nn.encoder import ConvBNReLU
 from ..nn.init import init_parameters, part_generator
 from ..nn.ldnet import Attention, check_attention, skip_attention
-from ..validation import check_feature_map, check_positive_int, check_seed
+from ..validation import check_index, check_feature_map, check_positive_int, check_seed
 
 # Saturated, well separated colours: a disc matches the key by hue, not by a shade.
 PALETTE = np.array(
@@ -146,9 +146,7 @@ class ContextDiscs(Dataset):
 
     def sample(self, i: int) -> ContextSample:
         """The full :class:`ContextSample` of item ``i`` (key position, disc colours...)."""
-        if isinstance(i, bool) or not isinstance(i, int) or not -self.n <= i < self.n:
-            raise IndexError(f"index {i!r} out of range for a dataset of {self.n} samples")
-        return self._draw(self.seed, i % self.n, self.size)
+        return self._draw(self.seed, check_index(i, self.n), self.size)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.sample(i)

@@ -52,7 +52,7 @@ from torch.utils.data import Dataset
 from ..nn import ESA, MHSA
 from ..nn.init import init_parameters, part_generator
 from ..nn.ppm import adaptive_bins
-from ..validation import check_choice, check_feature_map, check_positive_int, check_seed
+from ..validation import check_choice, check_feature_map, check_index, check_positive_int, check_seed
 
 Encoder = Literal["linear", "conv"]
 ENCODERS: tuple[str, ...] = get_args(Encoder)
@@ -120,9 +120,7 @@ class FarPixelBits(Dataset):
 
     def sample(self, i: int) -> FarPixelSample:
         """The full :class:`FarPixelSample` of item ``i`` (bits and marker position)."""
-        if isinstance(i, bool) or not isinstance(i, int) or not -self.n <= i < self.n:
-            raise IndexError(f"index {i!r} out of range for a dataset of {self.n} samples")
-        return far_pixel_sample(self.seed, i % self.n, self.size, self.patch)
+        return far_pixel_sample(self.seed, check_index(i, self.n), self.size, self.patch)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.sample(i)

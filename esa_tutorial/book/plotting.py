@@ -663,11 +663,10 @@ def show_samples(images: torch.Tensor, masks: torch.Tensor, titles: Sequence[str
 
 def plot_breakdown(breakdown: dict[str, float], ax=None):  # type: ignore[no-untyped-def]
     """A horizontal stacked bar of :func:`~esa_tutorial.bench.forward_breakdown`'s parts, in ms. Returns the axes."""
-    import matplotlib.pyplot as plt
-
     if ax is None:
         _, ax = _subplots(figsize=(8, 1.8))
-    record_text_size(ax.figure)
+    else:
+        record_text_size(ax.figure)
     left = 0.0
     for part in BREAKDOWN_PARTS:
         ms = max(0.0, 1e3 * breakdown[part])
@@ -681,12 +680,11 @@ def plot_breakdown(breakdown: dict[str, float], ax=None):  # type: ignore[no-unt
 
 def plot_shares(rows: Sequence[dict[str, object]], ax=None):  # type: ignore[no-untyped-def]
     """Bars of :func:`~esa_tutorial.bench.speedup_table`'s share of the matmul rate per map, each beside its ceiling. Returns the axes."""
-    import matplotlib.pyplot as plt
-
     rows = [r for r in rows if "share_of_matmul" in r and "share_ceiling" in r]
     if ax is None:
         _, ax = _subplots(figsize=(8, 3))
-    record_text_size(ax.figure)
+    else:
+        record_text_size(ax.figure)
     at = range(len(rows))
     ax.bar([i - 0.2 for i in at], [100 * float(r["share_ceiling"]) for r in rows], width=0.4, color="0.8",
            label="ceiling: every counted FLOP at the matmul rate")
@@ -702,11 +700,6 @@ def plot_shares(rows: Sequence[dict[str, object]], ax=None):  # type: ignore[no-
 
 def plot_times(records: Sequence[Record], out_dir: Path) -> list[Path]:
     """Bar charts of time per shape and variant, log scale, into ``out_dir/time.png``. Returns the paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     shapes = list(dict.fromkeys(r.shape for r in records))
     variants = list(dict.fromkeys(r.variant for r in records))
     fig, axes = _subplots(1, 2, figsize=(11, 4), sharey=True)
