@@ -356,13 +356,8 @@ def write_results(results: Sequence[RunResult], out: Path, suite: str) -> Path:
     old = json.loads(path.read_text()) if path.is_file() else []
     kept = [r for r in old if spec_from_json(r["spec"]).name not in names]
     runs = sorted(kept + new, key=lambda r: (r["spec"]["seed"], r["spec"]["variant"]))
-    write_runs(runs, path)
+    write_json(runs, path)
     return path
-
-
-def write_runs(runs: Sequence[dict[str, Any]], path: Path) -> None:
-    """Write stored runs as indented JSON through the package's one writer (atomic, synced)."""
-    write_json(list(runs), path)
 
 
 # --------------------------------------------------------------------------- integrity

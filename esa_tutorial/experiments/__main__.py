@@ -56,8 +56,8 @@ from . import (
     summarise,
     remeasure_costs,
     write_manifest,
-    write_runs,
 )
+from ..files import write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not path.is_file():
             parser.error(f"no stored runs at {path}")
         runs = remeasure_costs(json.loads(path.read_text()))
-        write_runs(runs, path)
+        write_json(runs, path)
         write_manifest(args.out)
         for run in runs:
             print(f"{run['spec']['variant']:<14} seed {run['spec']['seed']}: saved {run['cost']['saved_mb']:.2f} MiB")
