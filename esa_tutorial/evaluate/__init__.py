@@ -48,11 +48,10 @@ A folder that is none of these is searched one and two levels down, so
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -62,8 +61,8 @@ from ..checkpoints import MAGIC
 from ..data.folder import IMAGE_SUFFIXES, PolypFolder
 from ..metrics import METRICS, confusion, scores_from_confusion
 from ..validation import check_positive_int
+from ..files import PathLike
 
-PathLike = Union[str, "os.PathLike[str]"]
 LDNET_TEST_SIZE = 224  # LDNet's test transform: Resize((224, 224))
 THRESHOLD = 0.5  # on the sigmoid of the prediction and on the mask
 # LDNet's names for the nine ratios (utils/metrics.py), in LDNet's print order.

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, Sequence, Union, get_args
+from typing import Literal, Sequence, get_args
 
 import torch
 from torch import nn
@@ -48,6 +48,7 @@ from .dynamic_head import HeadUpdater, KernelGenerator, Pooling, dynamic_conv
 from .encoder import ConvBNReLU, Encoder
 from .init import init_parameters, part_generator
 from ..validation import check_choice, check_feature_map, check_positive_int, check_same_dtype
+from ..files import PathLike
 
 Attention = Literal["esa", "mhsa", "none"]
 ATTENTIONS: tuple[str, ...] = get_args(Attention)
@@ -56,7 +57,6 @@ ENCODERS: tuple[str, ...] = get_args(EncoderKind)
 # Parts that every variant has; their initial weights do not depend on attention or LCA.
 SHARED_PARTS = ("encoder", "top_decoder", "top_unify", "kernel_generator", "decoders", "unify", "updaters")
 STRIDE = 32  # total downsampling of the encoder: inputs must be multiples of it
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 def check_attention(value: object) -> Attention:

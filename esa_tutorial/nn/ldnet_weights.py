@@ -52,15 +52,15 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Mapping
 
 import torch
 from torch import nn
 
 from ..checkpoints import CheckpointError, load_state_dict_file
 from .res2net import DEPTHS
+from ..files import PathLike
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 # LDNet's registration order of its top-level modules (so of its state dict), then the aliases.
 LDNET_ORDER = (
