@@ -19,8 +19,8 @@ no polyp and no predicted polyp) is scored by the rule of
 :mod:`esa_tutorial.metrics`: 1 if the prediction is exact, else 0.
 
 **LDNet's empty-mask quirk.** LDNet's ``evaluate`` sets ``TP = 1`` whenever an
-image has no true positive (``if TP.item() == 0: TP = torch.Tensor([1]).cuda()``;
-the ``.cuda()`` also makes this line fail without a GPU). That gives an empty
+image has no true positive (it builds the new count as a tensor on the GPU with
+``.cuda()``, so this step also fails without a GPU). That gives an empty
 prediction on an empty mask Dice 1, as our rule does, but it also gives a
 prediction that misses the polyp entirely a small positive Dice instead of 0
 (e.g. 10 polyp pixels, 2 predicted elsewhere: 2/(2+2+10) = 0.14), a wrong
